@@ -1,0 +1,574 @@
+"""
+Turning models' outputs into captions: word indices to text, and beam search.
+
+Beam search works with any implementation of the API of
+`rnn_lstm_captioning.py` (a student's file, an instructor's reference
+solution): `model_parts` finds the model's pieces by their types, not by the
+names of its attributes, and the decoder is stepped with the module's own
+`step_forward` methods and `dot_product_attention`.
+"""
+import inspect
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+
+def decode_captions(
+    captions: torch.Tensor, idx_to_word: Union[Sequence[str], Mapping[int, str]]
+) -> Union[str, List[str]]:
+    """
+    Word indices to strings, as the assignment shows them: <NULL> padding is
+    dropped, <START> and <END> are kept, and a caption stops after its <END>.
+
+    Inputs:
+    - captions: word indices, integer (N, T) or (T,)
+    - idx_to_word: a list, or a dict, from index to word
+
+    Returns:
+    - a list of N strings for (N, T) input, one string for (T,) input
+    """
+    if captions.dim() not in (1, 2):
+        raise ValueError(f"captions must have shape (N, T) or (T,); got {tuple(captions.shape)}")
+    singleton = captions.dim() == 1
+    rows = captions.view(1, -1) if singleton else captions
+    decoded = []
+    for row in rows.tolist():
+        words = []
+        for index in row:
+            word = idx_to_word[index]
+            if word != "<NULL>":
+                words.append(word)
+            if word == "<END>":
+                break
+        decoded.append(" ".join(words))
+    return decoded[0] if singleton else decoded
+
+
+# ---------------------------------------------------------------------------
+# The pieces of a captioning model
+
+
+@dataclass
+class ModelParts:
+    """
+    The pieces of a CaptioningRNN that decoding needs.
+
+    - encoder: the ImageEncoder
+    - embedding: the WordEmbedding
+    - recurrent: the RNN, LSTM or AttentionLSTM
+    - feature_proj: nn.Linear(encoder.out_channels, H)
+    - output_proj: nn.Linear(H, V)
+    - cell_type: "rnn", "lstm" or "attn"
+    - attention: the module's dot_product_attention(prev_h, A)
+    - vocab_size: V
+    - null, start: indices of <NULL> and <START>
+    - end: index of <END>, or None when the vocabulary has none
+    """
+
+    encoder: nn.Module
+    embedding: nn.Module
+    recurrent: nn.Module
+    feature_proj: nn.Linear
+    output_proj: nn.Linear
+    cell_type: str
+    attention: Callable
+    vocab_size: int
+    null: int
+    start: int
+    end: Optional[int]
+
+
+# What the module of a captioning model must define, and the cell type that
+# each recurrent class gives. AttentionLSTM comes first in case an
+# implementation derives it from LSTM.
+_REQUIRED_NAMES = ("ImageEncoder", "WordEmbedding", "RNN", "LSTM", "AttentionLSTM", "dot_product_attention")
+_CELL_TYPES = (("AttentionLSTM", "attn"), ("LSTM", "lstm"), ("RNN", "rnn"))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _module_namespace(model: nn.Module) -> dict:
+    """
+    The global names of the file that defines type(model).
+
+    The globals of the class's own functions are that file's namespace even
+    when sys.modules has since been given another module of the same name
+    (the test suite loads implementations from arbitrary paths); without
+    such functions, fall back to sys.modules[type(model).__module__].
+    """
+    for attribute in vars(type(model)).values():
+        if inspect.isfunction(attribute):
+            return attribute.__globals__
+    module = sys.modules.get(type(model).__module__)
+    return vars(module) if module is not None else {}
+
+
+def _only(found: list, what: str, model: nn.Module):
+    """The single element of found; ValueError when there are none or several."""
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one {what} in the {type(model).__name__}; found {len(found)}")
+    return found[0]
+
+
+def _projections(linears: List[nn.Linear], in_channels: int, vocab_size: int, model: nn.Module):
+    """
+    Tell the feature projection (in_channels -> H) from the output projection
+    (H -> V) by their shapes.
+
+    Returns:
+    - (feature_proj, output_proj)
+    """
+    pairs = [
+        (f, o)
+        for f in linears
+        for o in linears
+        if f is not o and f.in_features == in_channels and o.out_features == vocab_size
+        and f.out_features == o.in_features
+    ]
+    if len(pairs) != 1:
+        shapes = [(layer.in_features, layer.out_features) for layer in linears]
+        raise ValueError(
+            f"expected one nn.Linear({in_channels}, H) feature projection and one nn.Linear(H, {vocab_size}) "
+            f"output projection in the {type(model).__name__}; found nn.Linear layers of (in, out) sizes {shapes}, "
+            f"which give {len(pairs)} such pairs"
+        )
+    return pairs[0]
+
+
+def model_parts(model: nn.Module) -> ModelParts:
+    """
+    Find the pieces of a CaptioningRNN by their types.
+
+    The classes are those of the file that defines type(model), so a
+    swapped-in implementation is read with its own ImageEncoder, RNN, ...;
+    the names of the model's attributes do not matter. The two nn.Linear
+    layers are told apart by their shapes.
+
+    Inputs:
+    - model: a CaptioningRNN (also inside DistributedDataParallel or
+      torch.compile); it must keep its vocabulary in `word_to_idx`, as the
+      assignment's starter code does
+
+    Returns:
+    - a ModelParts
+
+    Raises ValueError when a piece is missing or ambiguous.
+    """
+    model = _unwrap(model)
+    namespace = _module_namespace(model)
+    missing = [name for name in _REQUIRED_NAMES if name not in namespace]
+    if missing:
+        raise ValueError(
+            f"the module that defines {type(model).__name__} ({type(model).__module__}) lacks {missing}; "
+            f"expected an implementation of the rnn_lstm_captioning API"
+        )
+
+    encoder = _only([m for m in model.modules() if isinstance(m, namespace["ImageEncoder"])], "ImageEncoder", model)
+    # The encoder's own layers (RegNet convolutions, ...) are not decoder pieces.
+    inside_encoder = {id(m) for m in encoder.modules()}
+    decoder_modules = [m for m in model.modules() if id(m) not in inside_encoder]
+
+    embedding = _only(
+        [m for m in decoder_modules if isinstance(m, namespace["WordEmbedding"])], "WordEmbedding", model
+    )
+    recurrents = []
+    for module in decoder_modules:
+        for class_name, cell_type in _CELL_TYPES:
+            if isinstance(module, namespace[class_name]):
+                recurrents.append((module, cell_type))
+                break
+    recurrent, cell_type = _only(recurrents, "recurrent module (RNN, LSTM or AttentionLSTM)", model)
+
+    word_to_idx = getattr(model, "word_to_idx", None)
+    if not isinstance(word_to_idx, Mapping):
+        raise ValueError(f"the {type(model).__name__} must keep its vocabulary in a dict attribute word_to_idx")
+    for token in ("<NULL>", "<START>"):
+        if token not in word_to_idx:
+            raise ValueError(f"decoding needs the token {token!r} in the model's word_to_idx")
+    vocab_size = len(word_to_idx)
+
+    linears = [m for m in decoder_modules if isinstance(m, nn.Linear)]
+    feature_proj, output_proj = _projections(linears, encoder.out_channels, vocab_size, model)
+    return ModelParts(
+        encoder=encoder,
+        embedding=embedding,
+        recurrent=recurrent,
+        feature_proj=feature_proj,
+        output_proj=output_proj,
+        cell_type=cell_type,
+        attention=namespace["dot_product_attention"],
+        vocab_size=vocab_size,
+        null=word_to_idx["<NULL>"],
+        start=word_to_idx["<START>"],
+        end=word_to_idx.get("<END>"),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Stepping the decoder, one word at a time
+
+
+@dataclass
+class DecoderState:
+    """
+    - h: hidden state, (M, H)
+    - c: cell state, (M, H) (zeros, unused, for "rnn")
+    - A: projected feature grid, (M, H, Da, Da), for "attn"; else None
+    """
+
+    h: torch.Tensor
+    c: torch.Tensor
+    A: Optional[torch.Tensor]
+
+
+def initial_state(parts: ModelParts, images: torch.Tensor) -> DecoderState:
+    """
+    Encode images into the decoder's initial state, as CaptioningRNN does:
+    "rnn"/"lstm" project the spatially averaged c5 features to h0 (c0 = 0);
+    "attn" projects every location to A and starts from h0 = c0 = mean of A.
+
+    Inputs:
+    - parts: from model_parts
+    - images: (N, 3, H, W)
+
+    Returns:
+    - a DecoderState of N rows
+    """
+    features = parts.encoder(images)  # (N, D, Da, Da)
+    if parts.cell_type == "attn":
+        A = parts.feature_proj(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        h = A.mean(dim=(2, 3))
+        return DecoderState(h=h, c=h, A=A)
+    h = parts.feature_proj(features.mean(dim=(2, 3)))
+    return DecoderState(h=h, c=torch.zeros_like(h), A=None)
+
+
+def decoder_step(
+    parts: ModelParts, words: torch.Tensor, state: DecoderState
+) -> Tuple[torch.Tensor, DecoderState, Optional[torch.Tensor]]:
+    """
+    Feed one word to the decoder.
+
+    Inputs:
+    - parts: from model_parts
+    - words: int64 (M,), the previous words
+    - state: DecoderState of M rows
+
+    Returns a tuple of:
+    - scores: (M, V), unnormalised scores of the next word
+    - the next DecoderState
+    - attn_weights: (M, Da, Da) for "attn", else None
+    """
+    x = parts.embedding(words.unsqueeze(1)).squeeze(1)  # (M, W)
+    h, c, weights = state.h, state.c, None
+    if parts.cell_type == "rnn":
+        h = parts.recurrent.step_forward(x, h)
+    elif parts.cell_type == "lstm":
+        h, c = parts.recurrent.step_forward(x, h, c)
+    else:
+        attn, weights = parts.attention(h, state.A)
+        h, c = parts.recurrent.step_forward(x, h, c, attn)
+    return parts.output_proj(h), DecoderState(h=h, c=c, A=state.A), weights
+
+
+def _log_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities in at least float32 (scores may be bfloat16 under autocast)."""
+    return torch.log_softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=1)
+
+
+def _check_images(images) -> None:
+    """ValueError unless images is a batch (N, 3, H, W)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor of shape (N, 3, H, W); got {got}")
+
+
+@torch.no_grad()
+def sequence_log_prob(model: nn.Module, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    """
+    Log-probability of given captions under the model, by teacher forcing.
+
+    A caption is scored up to and including its first <END>; what follows
+    (the <NULL> padding of beam_search, or the words that `sample` keeps
+    generating) is ignored. The words are fed one step at a time exactly as
+    beam_search feeds them, so the two agree to rounding.
+
+    Inputs:
+    - model: a CaptioningRNN
+    - images: (N, 3, H, W)
+    - captions: int64 (N, T), first element = first generated word (the
+      layout of `sample` and `beam_search`, without <START>)
+
+    Returns:
+    - log_probs: (N,), float32 (float64 for a float64 model), on the
+      images' device
+    """
+    _check_images(images)
+    parts = model_parts(model)
+    if captions.dim() != 2 or captions.shape[0] != images.shape[0] or captions.is_floating_point():
+        raise ValueError(
+            f"captions must be integer (N, T) with N = {images.shape[0]} images; "
+            f"got {captions.dtype} {tuple(captions.shape)}"
+        )
+    if captions.numel() and (captions.min() < 0 or captions.max() >= parts.vocab_size):
+        raise ValueError(f"captions must hold word indices in [0, {parts.vocab_size})")
+    captions = captions.to(images.device)
+    state = initial_state(parts, images)
+    words = torch.full((images.shape[0],), parts.start, dtype=torch.long, device=images.device)
+    total, alive = None, torch.ones_like(words, dtype=torch.bool)
+    for t in range(captions.shape[1]):
+        scores, state, _ = decoder_step(parts, words, state)
+        log_prob = _log_softmax(scores).gather(1, captions[:, t : t + 1]).squeeze(1)
+        log_prob = torch.where(alive, log_prob, torch.zeros_like(log_prob))
+        total = log_prob if total is None else total + log_prob
+        if parts.end is not None:
+            alive = alive & (captions[:, t] != parts.end)
+        words = captions[:, t]
+    if total is None:  # T = 0: the empty caption
+        total = torch.zeros(images.shape[0], device=images.device)
+    return total
+
+
+# ---------------------------------------------------------------------------
+# Beam search
+
+
+@dataclass
+class Beams:
+    """
+    The K hypotheses that beam search ends with, for each of N images,
+    best first.
+
+    - tokens: int64 (N, K, T), first element = first generated word; a
+      hypothesis that emitted <END> is padded with <NULL> after it
+    - log_probs: (N, K), the sum of the log-probabilities of the words up to
+      and including <END>; -inf for slots that could not be filled (fewer
+      than K distinct hypotheses exist, e.g. K > V at the first step)
+    - lengths: int64 (N, K), number of words including <END> (T for a
+      hypothesis that did not finish)
+    - scores: (N, K), the ranking key: log_probs / lengths ** length_penalty
+      (log_probs itself when length_penalty is 0); sorted descending
+    - attn_weights: for "attn", (N, K, T, Da, Da) on the CPU, the attention
+      behind each word (zeros after <END>); else None
+    """
+
+    tokens: torch.Tensor
+    log_probs: torch.Tensor
+    lengths: torch.Tensor
+    scores: torch.Tensor
+    attn_weights: Optional[torch.Tensor]
+
+
+def _ranking_key(log_probs: torch.Tensor, lengths: torch.Tensor, length_penalty: float) -> torch.Tensor:
+    """log_probs / lengths ** length_penalty; exactly log_probs when the penalty is 0."""
+    if length_penalty == 0:
+        return log_probs
+    return log_probs / lengths.to(log_probs.dtype) ** length_penalty
+
+
+def _check_beam_options(beam_size, max_length, length_penalty) -> None:
+    """ValueError for a beam size or length below 1, or a negative length penalty."""
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be an integer >= 1; got {beam_size!r}")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be an integer >= 1; got {max_length!r}")
+    if not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty) or length_penalty < 0:
+        raise ValueError(f"length_penalty must be a finite number >= 0; got {length_penalty!r}")
+
+
+@torch.no_grad()
+def beam_search_beams(
+    model: nn.Module,
+    images: torch.Tensor,
+    beam_size: int = 3,
+    max_length: int = 15,
+    length_penalty: float = 0.0,
+) -> Beams:
+    """
+    Beam search over captions, batched over images and beams: the decoder
+    runs on N * K rows at once, one time step after another.
+
+    Each step extends every unfinished hypothesis by every word and keeps,
+    per image, the K best of all extensions. A hypothesis that emitted <END>
+    is finished: it keeps its slot, is padded with <NULL> and its
+    log-probability no longer changes. All words of the vocabulary may be
+    generated, special tokens included, exactly as in greedy `sample`.
+
+    Ranking: with length_penalty alpha = 0, by the sum of log-probabilities;
+    with alpha > 0, by log_prob / length ** alpha (length = words including
+    <END>; alpha = 1 is the mean log-probability per word). This simple
+    normalisation is used rather than GNMT's ((5 + length) / 6) ** alpha.
+    The same key decides which hypotheses stay in the beam at every step,
+    so finished short hypotheses compete with longer unfinished ones on
+    normalised scores. (Unfinished hypotheses all have the same length, so
+    among them the key orders as the plain log-probability does.)
+
+    The image features are computed once per image and then repeated for
+    the K beams. Runs under torch.no_grad and leaves train/eval mode alone
+    (in train mode batch norm uses batch statistics, as in `sample`).
+
+    Inputs:
+    - model: a CaptioningRNN of any cell type
+    - images: (N, 3, H, W), uint8 in [0, 255] or float in [0, 1]
+    - beam_size: K >= 1; K = 1 is greedy decoding; K may exceed V
+    - max_length: T, the number of words to generate at most
+    - length_penalty: alpha >= 0
+
+    Returns:
+    - a Beams, best hypothesis first for each image
+    """
+    _check_images(images)
+    _check_beam_options(beam_size, max_length, length_penalty)
+    parts = model_parts(model)
+    N, K, T, V = images.shape[0], beam_size, max_length, parts.vocab_size
+    device = images.device
+    # The global K best extensions are always among the `width` best
+    # extensions of each beam, so each beam only offers those.
+    width = min(K, V)
+
+    state = initial_state(parts, images)
+    state = DecoderState(
+        h=state.h.repeat_interleave(K, dim=0),
+        c=state.c.repeat_interleave(K, dim=0),
+        A=None if state.A is None else state.A.repeat_interleave(K, dim=0),
+    )
+    score_dtype = torch.promote_types(state.h.dtype, torch.float32)
+    # All K beams start as the same <START>: only one of them may be extended,
+    # or the beam would fill with K copies of the same hypothesis.
+    log_probs = torch.full((N, K), -math.inf, dtype=score_dtype, device=device)
+    log_probs[:, 0] = 0.0
+    lengths = torch.zeros(N, K, dtype=torch.long, device=device)
+    finished = torch.zeros(N, K, dtype=torch.bool, device=device)
+    scores = log_probs
+    tokens = torch.full((N * K, T), parts.null, dtype=torch.long, device=device)
+    attn_history = None
+    if parts.cell_type == "attn":
+        attn_history = state.A.new_zeros(N * K, T, *state.A.shape[2:])
+    words = torch.full((N * K,), parts.start, dtype=torch.long, device=device)
+    image_offsets = torch.arange(N, device=device).unsqueeze(1) * K  # (N, 1): row of each image's first beam
+
+    for t in range(T):
+        step_scores, state, weights = decoder_step(parts, words, state)
+        best_scores, candidates = step_scores.topk(width, dim=1)  # (N*K, width)
+        candidate_log_probs = _log_softmax(step_scores).gather(1, candidates)
+
+        # A finished hypothesis has one extension: itself, padded with <NULL>.
+        done = finished.view(-1, 1)
+        frozen = torch.full_like(candidate_log_probs, -math.inf)
+        frozen[:, 0] = 0.0
+        candidate_log_probs = torch.where(done, frozen, candidate_log_probs)
+        candidates = torch.where(done, torch.full_like(candidates, parts.null), candidates)
+
+        total = (log_probs.view(-1, 1) + candidate_log_probs).view(N, K * width)
+        total_lengths = torch.where(done, lengths.view(-1, 1), torch.full_like(candidates, t + 1)).view(N, K * width)
+        now_finished = done.expand(-1, width)
+        if parts.end is not None:
+            now_finished = now_finished | (candidates == parts.end)
+        now_finished = now_finished.reshape(N, K * width)
+
+        key = _ranking_key(total, total_lengths, length_penalty)
+        scores, chosen = key.topk(K, dim=1)  # (N, K), best first
+        parents = (image_offsets + chosen // width).view(-1)  # (N*K,) rows of the extended hypotheses
+        words = candidates.view(N, K * width).gather(1, chosen).view(-1)
+        log_probs = total.gather(1, chosen)
+        lengths = total_lengths.gather(1, chosen)
+        was_finished = finished.view(-1)[parents]
+        finished = now_finished.gather(1, chosen)
+
+        state = DecoderState(h=state.h[parents], c=state.c[parents], A=state.A)
+        tokens = tokens[parents]
+        tokens[:, t] = words
+        if attn_history is not None:
+            attn_history = attn_history[parents]
+            attn_history[:, t] = torch.where(
+                was_finished.view(-1, 1, 1), torch.zeros_like(weights), weights[parents]
+            )
+        if finished.all():
+            break
+
+    return Beams(
+        tokens=tokens.view(N, K, T),
+        log_probs=log_probs,
+        lengths=torch.where(finished, lengths, torch.full_like(lengths, T)),
+        scores=scores,
+        attn_weights=None if attn_history is None else attn_history.view(N, K, *attn_history.shape[1:]).cpu(),
+    )
+
+
+def beam_search(
+    model: nn.Module,
+    images: torch.Tensor,
+    beam_size: int = 3,
+    max_length: int = 15,
+    length_penalty: float = 0.0,
+):
+    """
+    Caption images with beam search (see beam_search_beams), keeping the best
+    hypothesis of each image; the output has the layout of `model.sample`.
+
+    beam_size = 1 gives greedy decoding: the same words as `model.sample` up
+    to and including the first <END>; after it beam search pads with <NULL>
+    (and zero attention weights) where `sample` goes on generating.
+
+    Inputs:
+    - model: a CaptioningRNN of any cell type
+    - images: (N, 3, H, W), uint8 in [0, 255] or float in [0, 1]
+    - beam_size: K >= 1
+    - max_length: number of words to generate at most
+    - length_penalty: alpha >= 0, rank by log_prob / length ** alpha
+
+    Returns:
+    - captions: int64 (N, max_length) on the images' device; captions[:, 0]
+      is the first generated word
+    - for "attn" also attn_weights: (N, max_length, Da, Da) on the CPU
+    """
+    beams = beam_search_beams(model, images, beam_size, max_length, length_penalty)
+    captions = beams.tokens[:, 0]
+    if beams.attn_weights is not None:
+        return captions, beams.attn_weights[:, 0]
+    return captions
+
+
+def generate_captions(
+    model: nn.Module,
+    images: torch.Tensor,
+    beam_size: int = 1,
+    max_length: int = 15,
+    length_penalty: float = 0.0,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """
+    Caption images greedily (`model.sample`) when beam_size is 1, else with
+    beam search, and return the same pair for every cell type.
+
+    Inputs:
+    - model: a CaptioningRNN
+    - images: (N, 3, H, W)
+    - beam_size: 1 for greedy, K > 1 for beam search
+    - max_length: number of words to generate at most
+    - length_penalty: alpha for beam search (see beam_search_beams)
+
+    Returns a tuple of:
+    - captions: int64 (N, max_length)
+    - attn_weights: (N, max_length, Da, Da) on the CPU for "attn", else None
+    """
+    _check_beam_options(beam_size, max_length, length_penalty)
+    if beam_size == 1:
+        output = model.sample(images, max_length=max_length)
+    else:
+        output = beam_search(model, images, beam_size, max_length, length_penalty)
+    if isinstance(output, tuple):
+        return output
+    return output, None
