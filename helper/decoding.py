@@ -89,7 +89,7 @@ _REQUIRED_NAMES = ("ImageEncoder", "WordEmbedding", "RNN", "LSTM", "AttentionLST
 _CELL_TYPES = (("AttentionLSTM", "attn"), ("LSTM", "lstm"), ("RNN", "rnn"))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
@@ -102,18 +102,26 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _module_namespace(model: nn.Module) -> dict:
     """
-    The global names of the file that defines type(model).
+    The global names of the file that defines the model's class (or, for a
+    subclass defined elsewhere, of the nearest base class whose file defines
+    the API's classes).
 
-    The globals of the class's own functions are that file's namespace even
+    The globals of a class's own functions are its file's namespace even
     when sys.modules has since been given another module of the same name
-    (the test suite loads implementations from arbitrary paths); without
-    such functions, fall back to sys.modules[type(model).__module__].
+    (the test suite loads implementations from arbitrary paths); for a class
+    without functions, sys.modules[cls.__module__] is used.
     """
-    for attribute in vars(type(model)).values():
-        if inspect.isfunction(attribute):
-            return attribute.__globals__
-    module = sys.modules.get(type(model).__module__)
-    return vars(module) if module is not None else {}
+    namespaces = []
+    for cls in type(model).__mro__:
+        functions = [a for a in vars(cls).values() if inspect.isfunction(a)]
+        if functions:
+            namespaces.append(functions[0].__globals__)
+        elif cls.__module__ in sys.modules:
+            namespaces.append(vars(sys.modules[cls.__module__]))
+    for namespace in namespaces:
+        if all(name in namespace for name in _REQUIRED_NAMES):
+            return namespace
+    return namespaces[0] if namespaces else {}
 
 
 def _only(found: list, what: str, model: nn.Module):
@@ -167,7 +175,7 @@ def model_parts(model: nn.Module) -> ModelParts:
 
     Raises ValueError when a piece is missing or ambiguous.
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     namespace = _module_namespace(model)
     missing = [name for name in _REQUIRED_NAMES if name not in namespace]
     if missing:
@@ -296,6 +304,18 @@ def _check_images(images) -> None:
         raise ValueError(f"images must be a tensor of shape (N, 3, H, W); got {got}")
 
 
+def repeat_state(state: DecoderState, times: int) -> DecoderState:
+    """
+    Each row of a DecoderState `times` times in a row: (M, ...) -> (M * times, ...),
+    rows m * times ... (m + 1) * times - 1 copying row m.
+    """
+    return DecoderState(
+        h=state.h.repeat_interleave(times, dim=0),
+        c=state.c.repeat_interleave(times, dim=0),
+        A=None if state.A is None else state.A.repeat_interleave(times, dim=0),
+    )
+
+
 @torch.no_grad()
 def sequence_log_prob(model: nn.Module, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
     """
@@ -304,42 +324,45 @@ def sequence_log_prob(model: nn.Module, images: torch.Tensor, captions: torch.Te
     A caption is scored up to and including its first <END>; what follows
     (the <NULL> padding of beam_search, or the words that `sample` keeps
     generating) is ignored. The words are fed one step at a time exactly as
-    beam_search feeds them, so the two agree to rounding.
+    beam_search feeds them, so the two agree to rounding. Each image is
+    encoded once, however many captions it has.
 
     Inputs:
     - model: a CaptioningRNN
     - images: (N, 3, H, W)
-    - captions: int64 (N, T), first element = first generated word (the
-      layout of `sample` and `beam_search`, without <START>)
+    - captions: integer (N, T), or (N, S, T) for S captions per image; first
+      element = first generated word (the layout of `sample` and
+      `beam_search`, without <START>)
 
     Returns:
-    - log_probs: (N,), float32 (float64 for a float64 model), on the
-      images' device
+    - log_probs: (N,), or (N, S), float32 (float64 for a float64 model), on
+      the images' device
     """
     _check_images(images)
     parts = model_parts(model)
-    if captions.dim() != 2 or captions.shape[0] != images.shape[0] or captions.is_floating_point():
+    N = images.shape[0]
+    if captions.dim() not in (2, 3) or captions.shape[0] != N or captions.is_floating_point():
         raise ValueError(
-            f"captions must be integer (N, T) with N = {images.shape[0]} images; "
+            f"captions must be integer (N, T) or (N, S, T) with N = {N} images; "
             f"got {captions.dtype} {tuple(captions.shape)}"
         )
     if captions.numel() and (captions.min() < 0 or captions.max() >= parts.vocab_size):
         raise ValueError(f"captions must hold word indices in [0, {parts.vocab_size})")
-    captions = captions.to(images.device)
-    state = initial_state(parts, images)
-    words = torch.full((images.shape[0],), parts.start, dtype=torch.long, device=images.device)
-    total, alive = None, torch.ones_like(words, dtype=torch.bool)
-    for t in range(captions.shape[1]):
+    per_image = captions.shape[1] if captions.dim() == 3 else 1
+    flat = captions.reshape(N * per_image, captions.shape[-1]).to(images.device)
+
+    state = repeat_state(initial_state(parts, images), per_image)
+    words = torch.full((len(flat),), parts.start, dtype=torch.long, device=images.device)
+    total = torch.zeros(len(flat), dtype=torch.promote_types(state.h.dtype, torch.float32), device=images.device)
+    alive = torch.ones_like(words, dtype=torch.bool)
+    for t in range(flat.shape[1]):
         scores, state, _ = decoder_step(parts, words, state)
-        log_prob = _log_softmax(scores).gather(1, captions[:, t : t + 1]).squeeze(1)
-        log_prob = torch.where(alive, log_prob, torch.zeros_like(log_prob))
-        total = log_prob if total is None else total + log_prob
+        log_prob = _log_softmax(scores).gather(1, flat[:, t : t + 1]).squeeze(1)
+        total = total + torch.where(alive, log_prob, torch.zeros_like(log_prob))
         if parts.end is not None:
-            alive = alive & (captions[:, t] != parts.end)
-        words = captions[:, t]
-    if total is None:  # T = 0: the empty caption
-        total = torch.zeros(images.shape[0], device=images.device)
-    return total
+            alive = alive & (flat[:, t] != parts.end)
+        words = flat[:, t]
+    return total.view(N, per_image) if captions.dim() == 3 else total
 
 
 # ---------------------------------------------------------------------------
@@ -439,12 +462,7 @@ def beam_search_beams(
     # extensions of each beam, so each beam only offers those.
     width = min(K, V)
 
-    state = initial_state(parts, images)
-    state = DecoderState(
-        h=state.h.repeat_interleave(K, dim=0),
-        c=state.c.repeat_interleave(K, dim=0),
-        A=None if state.A is None else state.A.repeat_interleave(K, dim=0),
-    )
+    state = repeat_state(initial_state(parts, images), K)
     score_dtype = torch.promote_types(state.h.dtype, torch.float32)
     # All K beams start as the same <START>: only one of them may be extended,
     # or the beam would fill with K copies of the same hypothesis.
@@ -462,7 +480,7 @@ def beam_search_beams(
 
     for t in range(T):
         step_scores, state, weights = decoder_step(parts, words, state)
-        best_scores, candidates = step_scores.topk(width, dim=1)  # (N*K, width)
+        _, candidates = step_scores.topk(width, dim=1)  # (N*K, width)
         candidate_log_probs = _log_softmax(step_scores).gather(1, candidates)
 
         # A finished hypothesis has one extension: itself, padded with <NULL>.
@@ -488,6 +506,7 @@ def beam_search_beams(
         was_finished = finished.view(-1)[parents]
         finished = now_finished.gather(1, chosen)
 
+        # A is the same for all beams of an image: it needs no reordering.
         state = DecoderState(h=state.h[parents], c=state.c[parents], A=state.A)
         tokens = tokens[parents]
         tokens[:, t] = words
@@ -502,7 +521,7 @@ def beam_search_beams(
     return Beams(
         tokens=tokens.view(N, K, T),
         log_probs=log_probs,
-        lengths=torch.where(finished, lengths, torch.full_like(lengths, T)),
+        lengths=lengths,
         scores=scores,
         attn_weights=None if attn_history is None else attn_history.view(N, K, *attn_history.shape[1:]).cpu(),
     )
@@ -566,7 +585,7 @@ def generate_captions(
     """
     _check_beam_options(beam_size, max_length, length_penalty)
     if beam_size == 1:
-        output = model.sample(images, max_length=max_length)
+        output = unwrap_model(model).sample(images, max_length=max_length)
     else:
         output = beam_search(model, images, beam_size, max_length, length_penalty)
     if isinstance(output, tuple):
