@@ -67,7 +67,13 @@ class ImageEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
         if verbose:
-            dummy_out = self.backbone(torch.randn(2, 3, 224, 224))["c5"]
+            # In eval mode and without gradients, so that the dummy batch
+            # leaves the batch-norm statistics (and everything else) as they are.
+            was_training = self.backbone.training
+            self.backbone.eval()
+            with torch.no_grad():
+                dummy_out = self.backbone(torch.randn(2, 3, 224, 224))["c5"]
+            self.backbone.train(was_training)
             print("For input images in NCHW format, shape (2, 3, 224, 224)")
             print(f"Shape of output c5 features: {dummy_out.shape}")
 
@@ -606,6 +612,7 @@ class CaptioningRNN(nn.Module):
         """
         self._check_images(images)
         self._check_captions(captions, images.shape[0])
+        captions = captions.long()  # int32, uint8, ...: indexing and the loss need int64
         # The input at step t is word t and the target is word t + 1.
         captions_in = captions[:, :-1]
         captions_out = captions[:, 1:]
