@@ -21,7 +21,7 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest tests
-	$(PY) -m pytest --nbval rnn_lstm_captioning.ipynb
+	$(PY) -m pytest --nbval-current-env --nbval rnn_lstm_captioning.ipynb
 
 # The module tests alone, against any implementation: make test-module IMPL=path/to/file.py
 test-module: venv

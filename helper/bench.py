@@ -1,9 +1,14 @@
 """
-Benchmarks, run as `python -m helper.bench recurrent`.
+Benchmarks, run as `python -m helper.bench {recurrent,training}`.
 
 - recurrent: forward + backward time of the module's RNN, LSTM and attention
   LSTM against PyTorch's own layers (torch.nn.RNN, torch.nn.LSTM) measured in
   the same process on the same inputs, and the ratio between them.
+- training: training images/s of the plain loop of the standard assignment
+  (float32, default memory format, no autocast, one minibatch at a time
+  moved to the device) against ours (`train_captioner(fast=True)`), for each
+  cell type on the same data; greedy and beam decoding captions/s; and the
+  val metrics of a short run of each loop, to show that speed costs nothing.
 
 Figures are printed, never asserted: timings on shared machines are noisy.
 Each timing is the median of several repetitions after a warm-up.
@@ -16,6 +21,12 @@ from typing import Callable, Dict, List
 
 import torch
 from torch import nn
+
+from .data import load_dataset
+from .decoding import generate_captions
+from .metrics import evaluate_captions
+from .training import train_captioner
+from .utils import reset_seed
 
 
 def median_seconds(fn: Callable[[], None], repeats: int = 7, warmup: int = 2) -> float:
@@ -158,16 +169,123 @@ def print_table(title: str, rows: List[Dict]) -> None:
         print(f"| {r['name']} | {r['ours_ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.2f}x |")
 
 
+def _shapes_subset(num_train: int, num_val: int) -> dict:
+    """The built-in data set, cut to the sizes a benchmark needs."""
+    data = load_dataset("shapes")
+    out = {"vocab": data["vocab"]}
+    for split, n in (("train", num_train), ("val", num_val)):
+        for key in ("images", "captions", "image_ids"):
+            out[f"{split}_{key}"] = data[f"{split}_{key}"][:n]
+    return out
+
+
+def _new_model(data: dict, cell: str, seed: int = 0):
+    """A fresh CaptioningRNN for the data, with the same weights for the same seed."""
+    import rnn_lstm_captioning as rlc
+
+    reset_seed(seed)
+    word_to_idx = data["vocab"]["token_to_idx"]
+    return rlc.CaptioningRNN(
+        word_to_idx, input_dim=400, wordvec_dim=128, hidden_dim=128, cell_type=cell,
+        image_encoder_pretrained=False, ignore_index=word_to_idx["<NULL>"],
+    )
+
+
+def training_images_per_second(data: dict, cell: str, fast: bool, steps: int, batch_size: int) -> float:
+    """
+    Inputs:
+    - data: a data set dict
+    - cell: "rnn", "lstm" or "attn"
+    - fast: our loop (True) or the plain float32 loop (False)
+    - steps: timed minibatches, after two untimed ones
+    - batch_size: images per minibatch
+
+    Returns:
+    - training throughput in images per second
+    """
+    model = _new_model(data, cell)
+    images, captions = data["train_images"], data["train_captions"]
+    warm = 2 * batch_size
+    train_captioner(model, images[:warm], captions[:warm], 1, batch_size, 1e-3, fast=fast, progress=False)
+    n = steps * batch_size
+    start = time.perf_counter()
+    train_captioner(model, images[:n], captions[:n], 1, batch_size, 1e-3, fast=fast, progress=False)
+    return n / (time.perf_counter() - start)
+
+
+def decoding_captions_per_second(data: dict, cell: str, beam_size: int, num_images: int = 256) -> float:
+    """Captions per second of greedy (beam_size 1) or beam decoding, float32, eval mode."""
+    model = _new_model(data, cell).eval()
+    images = data["val_images"][:num_images]
+    generate_captions(model, images[:8], beam_size=beam_size)
+    start = time.perf_counter()
+    for chunk in images.split(64):
+        generate_captions(model, chunk, beam_size=beam_size)
+    return len(images) / (time.perf_counter() - start)
+
+
+def short_run_metrics(data: dict, cell: str, fast: bool, epochs: int, batch_size: int) -> Dict:
+    """Train from the same start with one loop or the other, then score val captions."""
+    model = _new_model(data, cell)
+    reset_seed(1)
+    start = time.perf_counter()
+    train_captioner(model, data["train_images"], data["train_captions"], epochs, batch_size, 2e-3,
+                    fast=fast, progress=False)
+    seconds = time.perf_counter() - start
+    model.eval()
+    result = evaluate_captions(model, data["val_images"], data["val_captions"], data["val_image_ids"],
+                               data["vocab"]["idx_to_token"])
+    return {"seconds": seconds, **{k: result["metrics"][k] for k in ("bleu4", "cider")}}
+
+
+def bench_training(cells, steps: int, batch_size: int, quality_train: int, quality_epochs: int) -> None:
+    """Print the training, decoding and short-run tables (see the module docstring)."""
+    data = _shapes_subset(max(steps * batch_size, quality_train), 500)
+    print(f"\nTraining throughput, batch {batch_size}, {steps} minibatches, 112x112 images, decoder H=128\n")
+    print("| cell | plain loop (img/s) | ours (img/s) | speed-up |")
+    print("|---|---:|---:|---:|")
+    for cell in cells:
+        plain = training_images_per_second(data, cell, fast=False, steps=steps, batch_size=batch_size)
+        ours = training_images_per_second(data, cell, fast=True, steps=steps, batch_size=batch_size)
+        print(f"| {cell} | {plain:.0f} | {ours:.0f} | {ours / plain:.2f}x |", flush=True)
+
+    print("\nDecoding throughput, float32, eval mode, 256 val images in batches of 64\n")
+    print("| cell | greedy (captions/s) | beam 3 (captions/s) |")
+    print("|---|---:|---:|")
+    for cell in cells:
+        greedy = decoding_captions_per_second(data, cell, beam_size=1)
+        beam = decoding_captions_per_second(data, cell, beam_size=3)
+        print(f"| {cell} | {greedy:.0f} | {beam:.0f} |", flush=True)
+
+    if quality_epochs > 0:
+        small = {k: (v[:quality_train] if k.startswith("train_") else v) for k, v in data.items()}
+        print(f"\nShort run, {quality_train} train images x {quality_epochs} epochs, same seed, val metrics (greedy)\n")
+        print("| cell | loop | train time (s) | BLEU-4 | CIDEr-D |")
+        print("|---|---|---:|---:|---:|")
+        for cell in cells:
+            for fast in (False, True):
+                r = short_run_metrics(small, cell, fast, quality_epochs, batch_size)
+                loop = "ours" if fast else "plain"
+                print(f"| {cell} | {loop} | {r['seconds']:.0f} | {r['bleu4']:.3f} | {r['cider']:.3f} |", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helper.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["recurrent"], help="which benchmark to run")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions; the median is reported")
+    parser.add_argument("what", choices=["recurrent", "training"], help="which benchmark to run")
+    parser.add_argument("--repeats", type=int, default=7, help="recurrent: timed repetitions; the median is reported")
+    parser.add_argument("--cells", nargs="+", default=["rnn", "lstm", "attn"], choices=["rnn", "lstm", "attn"])
+    parser.add_argument("--steps", type=int, default=20, help="training: timed minibatches per loop")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--quality-train", type=int, default=2000, help="training: images of the short runs")
+    parser.add_argument("--quality-epochs", type=int, default=3, help="training: epochs of the short runs (0: skip)")
     args = parser.parse_args(argv)
     print(f"machine: {machine_description()}")
     if args.what == "recurrent":
         rows = bench_recurrent(repeats=args.repeats)
         print_table("Recurrent layers, N=256, T=16, D=256, H=512, float32, CPU", rows)
+    else:
+        bench_training(args.cells, args.steps, args.batch_size, args.quality_train, args.quality_epochs)
 
 
 if __name__ == "__main__":
