@@ -12,7 +12,8 @@ from helper.train import DEFAULTS, model_config
 
 WORDS = ["a", "red", "blue", "circle", "square", "above"]
 NAMING = {"red": 0, "blue": 1}  # words that name an object, and which box they name
-TINY = ["--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "8", "--samples", "2", "--no-fast", "--no-progress"]
+# --no-freeze-encoder: the CPU default freezes the encoder; the tests train it too unless they say otherwise.
+TINY = ["--no-freeze-encoder", "--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "8", "--samples", "2", "--no-fast", "--no-progress"]
 
 
 def tiny_data(num_train: int = 16, num_val: int = 4, refs: int = 2, seed: int = 0) -> dict:

@@ -206,3 +206,13 @@ def test_loss_curves_of_a_run_can_be_plotted(attn_run, tmp_path):
     assert len(losses) == 2  # 8 images in minibatches of 4
     plot_loss_curves({"attn": losses}, smooth=2, path=tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_defaults_freeze_the_encoder_on_cpu_and_train_it_on_cuda(tmp_path):
+    parse = train_cli.build_parser().parse_args
+    cpu = train_cli.resolve_config(parse(["--cell", "attn", "--out", str(tmp_path)]), torch.device("cpu"))
+    cuda = train_cli.resolve_config(parse(["--cell", "attn", "--out", str(tmp_path)]), torch.device("cuda"))
+    assert cpu["freeze_encoder"] is True and cuda["freeze_encoder"] is False
+    given = train_cli.resolve_config(parse(["--cell", "attn", "--out", str(tmp_path), "--no-freeze-encoder"]),
+                                     torch.device("cpu"))
+    assert given["freeze_encoder"] is False
