@@ -17,6 +17,7 @@ import argparse
 import platform
 import statistics
 import time
+import warnings
 from typing import Callable, Dict, List
 
 import torch
@@ -130,6 +131,24 @@ def bench_recurrent(N: int = 256, T: int = 16, D: int = 256, H: int = 512, repea
             "LSTM forward+backward",
             forward_backward(lambda: ours(x, h0), list(ours.parameters()) + [x, h0]),
             forward_backward(lambda: theirs(x, (h0.unsqueeze(0), c0))[0], list(theirs.parameters()) + [x, h0]),
+            repeats,
+        )
+    )
+
+    # On the CPU torch.nn.LSTM runs oneDNN's fused LSTM kernel; with oneDNN
+    # off it runs PyTorch's own implementation, a loop of ATen operations.
+    def native_lstm():
+        with warnings.catch_warnings():  # flags() warns about TF32 on Intel GPUs, which do not matter here
+            warnings.simplefilter("ignore", UserWarning)
+            native = torch.backends.mkldnn.flags(enabled=False)
+        with native:
+            forward_backward(lambda: theirs(x, (h0.unsqueeze(0), c0))[0], list(theirs.parameters()) + [x, h0])()
+
+    results.append(
+        _compare(
+            "LSTM forward+backward (vs nn.LSTM without oneDNN)",
+            forward_backward(lambda: ours(x, h0), list(ours.parameters()) + [x, h0]),
+            native_lstm,
             repeats,
         )
     )
