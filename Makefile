@@ -33,6 +33,7 @@ mutants: venv
 
 bench: venv
 	$(PY) -m helper.bench recurrent
+	$(PY) -m helper.bench training
 
 figures: venv
 	$(PY) -m helper.figures --out assets
