@@ -35,6 +35,11 @@ bench: venv
 	$(PY) -m helper.bench recurrent
 	$(PY) -m helper.bench training
 
+# Store the notebook's outputs anew after a change to the module, the helpers or the data
+# (nbval compares against them); the # NBVAL_SKIP cells stay without outputs.
+notebook: venv
+	$(PY) -m helper.notebook
+
 figures: venv
 	$(PY) -m helper.figures --out assets
 

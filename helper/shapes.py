@@ -7,22 +7,33 @@ objects form two groups on either side of the image's middle, one group above
 (or left of) the other, and the captions say so:
 
     a small red circle above a large blue square
-    a large green cross and a small white triangle left of a small red diamond
+    a large green square and a small white triangle left of a small red circle
 
-Every image has several correct captions: the groups may come in either order
+Every image has 2 or 4 correct captions: the groups may come in either order
 ("above" / "below", "left of" / "right of") and the objects of a two-object
 group in either order. The validation split keeps them all as references (one
-row per caption); the training split has `train_refs` of them per image.
+row per caption). The training split has the first `train_refs` of them per
+image in a fixed order, reading order first (top before bottom, left before
+right), so that each training image has one target caption by default.
 
 Why this design:
 - The image encoder sees the image as a 4x4 grid of 28x28 cells. Objects are
-  18 to 38 pixels wide and sit in different quadrants or halves, so each
+  22 to 42 pixels wide and sit in different quadrants or halves, so each
   object fills its own cells; a caption is right only if colour, shape and
   size are bound to the right object and its position, which is what the
   attention model can look up and the mean-pooled models must squeeze
   through one vector.
-- Colours are few and far apart, shapes are simple and the vocabulary has 24
-  tokens, so a model trained from scratch for a few minutes on a CPU learns it.
+- It is made to be learnt in minutes on a CPU by a decoder over the features
+  of an encoder that starts from random weights: six colours far apart,
+  three shapes, two sizes (a vocabulary of 22 tokens), a calm background,
+  and one target caption per training image. Measured on 2 CPU cores, the
+  attention model trained for 4 minutes (`python -m helper.train --cell
+  attn`) captions about two thirds of the validation images exactly right;
+  the earlier version of this set (five shapes, twice the background
+  contrast, a random reference per training image) gave under 5%.
+- 30,000 training images by default: with 10,000 the decoder learns them
+  by heart within minutes and its validation captions stop improving at
+  about 40% right.
 - Every colour appears at most once per image, so every colour word names a
   single object: the grounding data ("{split}_boxes", "{split}_word_objects",
   see helper.data) says which one.
@@ -53,10 +64,10 @@ from .data import (
     write_h5_attrs,
 )
 
-SHAPES_VERSION = 1  # bump whenever the images or captions a seed gives change
+SHAPES_VERSION = 2  # bump whenever the images or captions a seed gives change
 IMAGE_SIZE = 112
 MAX_OBJECTS = 3
-SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "cross")
+SHAPE_NAMES = ("circle", "square", "triangle")
 COLOURS = {  # far apart in hue and brightness, and none of them grey like the background
     "red": (220, 30, 30),
     "green": (30, 180, 40),
@@ -67,7 +78,7 @@ COLOURS = {  # far apart in hue and brightness, and none of them grey like the b
 }
 COLOUR_NAMES = tuple(COLOURS)
 SIZE_NAMES = ("small", "large")
-RADIUS_RANGE = {"small": (9.0, 12.0), "large": (16.0, 19.0)}  # pixels: 18-24 and 32-38 wide
+RADIUS_RANGE = {"small": (11.0, 14.0), "large": (18.0, 21.0)}  # pixels: 22-28 and 36-42 wide
 RELATIONS = {  # axis -> (words for first group before second, words for the reverse)
     0: (("above",), ("below",)),  # axis 0: groups stacked vertically
     1: (("left", "of"), ("right", "of")),  # axis 1: groups side by side
@@ -79,9 +90,9 @@ MAX_JITTER = 7.0  # pixels an object may move off its slot's centre, each way
 WINDOW = 40  # side of the square of pixels drawn around an object's centre
 RENDER_CHUNK = 500  # images rendered at once; fixed so that a seed always gives the same pixels
 NUM_SPECKS = 14  # distractor specks per image
-BLOTCH_CONTRAST = 60.0  # grey levels between the darkest and brightest background blotches
-STRIPE_CONTRAST = 8.0  # amplitude of the background stripes
-NOISE_STD = 6.0  # per-pixel noise
+BLOTCH_CONTRAST = 30.0  # grey levels between the darkest and brightest background blotches
+STRIPE_CONTRAST = 4.0  # amplitude of the background stripes
+NOISE_STD = 4.0  # per-pixel noise
 
 
 # ---------------------------------------------------------------------------
@@ -219,18 +230,14 @@ def encode_caption(words: List[str], objects: List[int]) -> Tuple[np.ndarray, np
     return caption, word_objects
 
 
-def caption_rows(
-    scenes: Dict[str, np.ndarray], num_refs: int, rng: np.random.Generator, shuffle: bool
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def caption_rows(scenes: Dict[str, np.ndarray], num_refs: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
-    The caption rows of a batch of scenes.
+    The caption rows of a batch of scenes: the first num_refs variants of
+    each, in the order of caption_variants (reading order first).
 
     Inputs:
     - scenes: as returned by sample_scenes, N scenes
     - num_refs: rows per scene (fewer when a scene has fewer variants)
-    - rng: the random generator
-    - shuffle: pick the variants at random; otherwise take them in order
-      (reading order first)
 
     Returns a tuple of:
     - captions: int64 (R, 17)
@@ -239,10 +246,8 @@ def caption_rows(
     """
     captions, image_index, word_objects = [], [], []
     for i in range(len(scenes["axis"])):
-        variants = caption_variants(scenes, i)
-        order = rng.permutation(len(variants)) if shuffle else np.arange(len(variants))
-        for v in order[:num_refs]:
-            caption, objects = encode_caption(*variants[v])
+        for words, objects in caption_variants(scenes, i)[:num_refs]:
+            caption, objects = encode_caption(words, objects)
             captions.append(caption)
             word_objects.append(objects)
             image_index.append(i)
@@ -325,8 +330,6 @@ def shape_masks(shape: np.ndarray, dx: np.ndarray, dy: np.ndarray, radius: np.nd
         "square": lambda: np.maximum(ax, ay) <= 0.82 * r,
         # apex up at -r, base at +0.75r, base half-width r
         "triangle": lambda: (dy >= -r) & (dy <= 0.75 * r) & (ax <= (dy + r) / 1.75),
-        "diamond": lambda: ax + ay <= 1.05 * r,
-        "cross": lambda: ((ax <= 0.34 * r) & (ay <= r)) | ((ay <= 0.34 * r) & (ax <= r)),
     }
     masks = np.zeros(dx.shape, dtype=bool)
     for index, name in enumerate(SHAPE_NAMES):
@@ -432,8 +435,7 @@ def write_split(h5file, split: str, num_images: int, num_refs: int, seed: int) -
         rng = np.random.default_rng([seed, split_code, chunk])
         scenes = sample_scenes(min(RENDER_CHUNK, num_images - start), rng)
         images, boxes = render_scenes(scenes, rng)
-        # Training rows get random variants; validation rows all of them, reading order first.
-        captions, index, word_objects = caption_rows(scenes, num_refs, rng, shuffle=(split == "train"))
+        captions, index, word_objects = caption_rows(scenes, num_refs)
         first = writer.add_images(images, np.arange(start, start + len(images), dtype=np.int64), boxes)
         writer.add_captions(captions, index + first, word_objects)
 
@@ -458,7 +460,7 @@ def generate_shapes(path: PathLike, params: dict) -> Path:
 
 
 def load_shapes(
-    num_train: int = 10000,
+    num_train: int = 30000,
     num_val: int = 1000,
     seed: int = 0,
     train_refs: int = 1,
@@ -473,7 +475,8 @@ def load_shapes(
     Inputs:
     - num_train, num_val: images per split
     - seed: the seed; the same parameters always give the same data
-    - train_refs: caption rows per training image (distinct random variants)
+    - train_refs: caption rows per training image (the first variants,
+      reading order first)
     - val_refs: caption rows per validation image (all variants up to this
       many; at most 4 exist)
     - data_dir: folder of the cache file; None for helper.data.default_data_dir()

@@ -17,7 +17,9 @@ The pieces are shared with the command-line trainer (helper/train.py):
 - `epoch_order` gives an epoch's visiting order from (seed, epoch) alone, so
   that all processes, and a resumed run, draw the same order;
 - `encode_images` and `swap_image_encoder` train the decoder alone from
-  cached encoder features (see `FeatureLookup`).
+  cached encoder features (see `FeatureLookup`), standardised per channel
+  (`standardise_features`, undone in the saved model by
+  `fold_standardisation`).
 """
 import contextlib
 from typing import Callable, List, Optional, Tuple
@@ -399,6 +401,58 @@ def encode_images(
             chunks.append(encoder(batch).float().cpu())
     encoder.train(was_training)
     return torch.cat(chunks)
+
+
+def standardise_features(features: torch.Tensor, train_rows: torch.Tensor, eps: float = 1e-5):
+    """
+    Standardise every channel of a feature table to zero mean and unit
+    variance over the training images.
+
+    The features of a random (untrained) encoder are much alike for all
+    images: a large common part, and small differences between images next
+    to it. Standardising removes the common part and scales up the
+    differences, so that the decoder sees them from its first step; the
+    decoder then learns several times faster and no less well.
+
+    Inputs:
+    - features: (M, D, Da, Da), the table of features
+    - train_rows: int64 (N,), the rows of the training images (the
+      statistics come from these alone)
+    - eps: added to the standard deviation, against division by zero
+
+    Returns a tuple of:
+    - standardised: (M, D, Da, Da), (features - mean) / std
+    - mean, std: (D,), per channel
+    """
+    train = features[train_rows]
+    mean = train.mean(dim=(0, 2, 3))
+    std = train.std(dim=(0, 2, 3)) + eps
+    standardised = (features - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return standardised, mean, std
+
+
+def fold_standardisation(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+    """
+    The weights of a linear layer that gives on raw features what (weight,
+    bias) gives on standardised ones:
+
+        W ((x - mean) / std) + b = (W / std) x + (b - (W / std) mean)
+
+    A decoder trained on standardised features (see standardise_features)
+    thus becomes an ordinary model of raw images once its feature projection
+    is folded, and its checkpoint works with the real encoder. Mean pooling
+    over the grid (the "rnn" and "lstm" models) commutes with the per-channel
+    standardisation, so the same folding holds for them.
+
+    Inputs:
+    - weight: (H, D), bias: (H,), of the feature projection
+    - mean, std: (D,), from standardise_features
+
+    Returns a tuple of:
+    - weight: (H, D), bias: (H,), for raw features
+    """
+    folded = weight / std
+    return folded, bias - folded @ mean
 
 
 class FeatureLookup(nn.Module):

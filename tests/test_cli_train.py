@@ -13,6 +13,7 @@ import helper.training
 from _cli_data import TINY, write_tiny_data
 from helper import train as train_cli
 from helper.checkpoint import load_checkpoint
+from helper.evaluate import evaluate_checkpoint
 from helper.training import cached_encoder, encode_images, index_images
 from helper.utils import reset_seed
 
@@ -53,9 +54,10 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("encoder", ["--no-freeze-encoder", "--freeze-encoder"])
+def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_path, monkeypatch, capsys, encoder):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    run = ["--cell", "lstm", "--epochs", "2", "--train-images", "8", "--batch-size", "4"]
+    run = ["--cell", "lstm", "--epochs", "2", "--train-images", "8", "--batch-size", "4", encoder]
     assert train_cli.main(args(data_path, reference, *run)) == 0
 
     # Ctrl-C during the third of four steps (epoch 2, step 1): the step finishes, last.pt is saved mid-epoch.
@@ -100,6 +102,21 @@ def test_every_cell_type_trains_the_decoder_alone_with_a_frozen_encoder(impl, da
     assert encoder_keys and all(torch.equal(trained[k], initial[k]) for k in encoder_keys)
     decoder_keys = [k for k in initial if not k.startswith("image_encoder.")]
     assert any(not torch.equal(trained[k], initial[k]) for k in decoder_keys)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "attn"])
+def test_checkpoint_of_a_decoder_trained_on_standardised_features_captions_real_images_alike(
+    impl, data_path, tmp_path, cell
+):
+    # The decoder trains on standardised cached features; its checkpoint must work on raw images.
+    out = tmp_path / cell
+    run = ["--cell", cell, "--epochs", "2", "--freeze-encoder", "--lr", "0.01", "--samples", "1"]
+    assert train_cli.main(args(data_path, out, *run)) == 0
+    during_training = json.loads((out / "metrics.json").read_text())["history"][-1]
+    from_checkpoint = evaluate_checkpoint(out / "last.pt")
+    for name in ("bleu1", "bleu4", "cider", "exact"):
+        assert from_checkpoint["metrics"][name] == pytest.approx(during_training[name], abs=1e-6), name
+    assert load_checkpoint(out / "last.pt")["standardised_projection"] is not None
 
 
 def test_cached_features_give_the_loss_and_captions_of_the_encoder(impl):

@@ -278,7 +278,7 @@ def test_resolve_word_objects_reproduces_the_word_objects_of_shapes_references()
     from helper import shapes
 
     scenes = shapes.sample_scenes(40, np.random.default_rng(0))
-    captions, image_index, word_objects = shapes.caption_rows(scenes, 4, np.random.default_rng(1), shuffle=False)
+    captions, image_index, word_objects = shapes.caption_rows(scenes, 4)
     captions, word_objects = torch.from_numpy(captions), torch.from_numpy(word_objects)
     for i in range(40):
         rows = torch.from_numpy(np.nonzero(image_index == i)[0])

@@ -127,7 +127,7 @@ def test_spatial_words_match_the_boxes(small):
     assert checked == len(small["train_captions"]) + len(small["val_captions"])
 
 
-def test_boxes_hold_objects_of_18_to_40_pixels_inside_the_image(small):
+def test_boxes_hold_objects_of_18_to_42_pixels_inside_the_image(small):
     boxes = small["train_boxes"]
     present = boxes[:, :, 0] >= 0
     assert ((present.sum(dim=1) >= 2) & (present.sum(dim=1) <= 3)).all()
@@ -135,7 +135,7 @@ def test_boxes_hold_objects_of_18_to_40_pixels_inside_the_image(small):
     inside = boxes[present]
     assert (inside >= 0).all() and (inside <= 112).all()
     sides = torch.maximum(inside[:, 2] - inside[:, 0], inside[:, 3] - inside[:, 1])
-    assert sides.min() >= 14 and sides.max() <= 40
+    assert sides.min() >= 18 and sides.max() <= 42
 
 
 # --- determinism -----------------------------------------------------------
@@ -156,6 +156,13 @@ def test_validation_split_does_not_depend_on_the_training_size(small, tmp_path):
     assert torch.equal(small["val_captions"], bigger["val_captions"])
 
 
+def test_training_captions_name_the_top_or_left_group_first(small):
+    # one fixed target per training image, in reading order: never "below" or "right of"
+    token = small["vocab"]["token_to_idx"]
+    assert not torch.isin(small["train_captions"], torch.tensor([token["below"], token["right"]])).any()
+    assert torch.isin(small["val_captions"], torch.tensor([token["below"], token["right"]])).any()
+
+
 def test_more_training_references_give_distinct_rows_per_image(tmp_path):
     data = load_dataset("shapes", data_dir=tmp_path, num_train=10, num_val=2, train_refs=2)
     assert data["train_image_ids"].tolist() == [i for i in range(10) for _ in range(2)]
@@ -173,7 +180,7 @@ def test_bad_parameters_are_refused(tmp_path):
 
 def test_generated_set_is_cached_under_a_name_made_of_its_parameters(tmp_path, monkeypatch):
     load_dataset("shapes", data_dir=tmp_path, num_train=8, num_val=2, seed=3)
-    assert [p.name for p in tmp_path.iterdir()] == ["shapes-v1-n8-2-r1-4-s3.h5"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"shapes-v{shapes.SHAPES_VERSION}-n8-2-r1-4-s3.h5"]
 
     def fail(*args):
         raise AssertionError("generated again instead of reading the cache")
@@ -185,12 +192,12 @@ def test_generated_set_is_cached_under_a_name_made_of_its_parameters(tmp_path, m
 def test_data_dir_from_the_environment_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
     load_dataset("shapes", num_train=4, num_val=2)
-    assert (tmp_path / "shapes-v1-n4-2-r1-4-s0.h5").is_file()
+    assert (tmp_path / f"shapes-v{shapes.SHAPES_VERSION}-n4-2-r1-4-s0.h5").is_file()
 
 
 def cached_file(tmp_path):
     load_dataset("shapes", data_dir=tmp_path, num_train=8, num_val=2)
-    return tmp_path / "shapes-v1-n8-2-r1-4-s0.h5"
+    return tmp_path / f"shapes-v{shapes.SHAPES_VERSION}-n8-2-r1-4-s0.h5"
 
 
 def reload_with_warning(tmp_path, match):
@@ -198,7 +205,7 @@ def reload_with_warning(tmp_path, match):
         data = load_dataset("shapes", data_dir=tmp_path, num_train=8, num_val=2)
     fresh = load_dataset("shapes", data_dir=tmp_path / "fresh", num_train=8, num_val=2)
     assert torch.equal(data["train_images"], fresh["train_images"])
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["shapes-v1-n8-2-r1-4-s0.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [f"shapes-v{shapes.SHAPES_VERSION}-n8-2-r1-4-s0.h5"]
 
 
 def test_cached_file_with_other_parameters_is_regenerated(tmp_path):
@@ -229,7 +236,7 @@ def test_no_temporary_files_are_left_after_generation(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset("shapes", data_dir=tmp_path, num_train=4, num_val=2)
-    assert [p.name for p in tmp_path.iterdir()] == ["shapes-v1-n4-2-r1-4-s0.h5"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"shapes-v{shapes.SHAPES_VERSION}-n4-2-r1-4-s0.h5"]
 
 
 # --- rendering details -----------------------------------------------------
