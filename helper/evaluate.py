@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 from .checkpoint import build_model, describe, load_checkpoint
 from .cli import add_decoding_options, run_command
 from .data import load_dataset
-from .metrics import METRIC_NAMES, evaluate_captions
-from .train import exact_match, split_arrays, write_json
+from .metrics import METRIC_NAMES, evaluate_captions, exact_match
+from .train import split_arrays, write_json
 from .utils import pick_device
 
 

@@ -403,6 +403,21 @@ def evaluate_captions(
     }
 
 
+def exact_match(result: dict) -> float:
+    """
+    The fraction of images whose generated caption equals one of their
+    references word for word: on "shapes", the share captioned right.
+
+    Inputs:
+    - result: from helper.metrics.evaluate_captions
+
+    Returns:
+    - a float in [0, 1]
+    """
+    predictions, references = result["predictions"], result["references"]
+    return sum(predictions[i] in references[i] for i in predictions) / len(predictions)
+
+
 def _end_index(idx_to_word) -> Optional[int]:
     """The index of <END> in an index -> word list or dict, or None."""
     items = idx_to_word.items() if isinstance(idx_to_word, Mapping) else enumerate(idx_to_word)

@@ -58,7 +58,7 @@ from .checkpoint import build_model, load_checkpoint, rng_state, save_checkpoint
 from .cli import run_command
 from .data import DATASET_NAMES, NULL, atomic_output, load_dataset, references_by_image
 from .decoding import decode_captions, generate_captions, model_parts, unwrap_model
-from .metrics import evaluate_captions
+from .metrics import evaluate_captions, exact_match
 from .plotting import plot_samples
 from .training import (
     FeatureLookup,
@@ -576,21 +576,6 @@ def evaluate(model: nn.Module, val: Dict[str, torch.Tensor], vocab: dict, config
     return {**result["metrics"], "exact": exact_match(result)}
 
 
-def exact_match(result: dict) -> float:
-    """
-    The fraction of images whose generated caption equals one of their
-    references word for word: on "shapes", the share captioned right.
-
-    Inputs:
-    - result: from helper.metrics.evaluate_captions
-
-    Returns:
-    - a float in [0, 1]
-    """
-    predictions, references = result["predictions"], result["references"]
-    return sum(predictions[i] in references[i] for i in predictions) / len(predictions)
-
-
 def _json_safe(value):
     """NaN and infinities as None (JSON has no such numbers), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -716,7 +701,9 @@ class TrainingRun:
         self.standardised = None
         feature_seconds = self._use_cached_features() if config["freeze_encoder"] else 0.0
 
-        self.optimizer, self.scheduler = make_optimizer(self.model, config["learning_rate"], config["lr_decay"])
+        self.optimizer, self.scheduler = make_optimizer(
+            self.model, config["learning_rate"], config["lr_decay"], fused=config["fast"]
+        )
         self.state = {"epoch": 0, "step": 0, "losses": [], "history": [], "best": None, "timing": {}}
         if checkpoint is not None:
             self._restore(checkpoint)

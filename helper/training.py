@@ -5,9 +5,10 @@ The training loop of the captioning models.
 decays once per epoch, one loss value per minibatch), made fast for the
 hardware at hand:
 - on CPU, channels_last memory format and bfloat16 autocast (these make the
-  encoder's convolutions several times faster on CPUs with bf16 units);
-- on CUDA, automatic mixed precision, channels_last, cuDNN autotuning and
-  the whole data set held on the device.
+  encoder's convolutions several times faster on CPUs with bf16 units),
+  and the fused AdamW update;
+- on CUDA, automatic mixed precision, channels_last, cuDNN autotuning, the
+  fused AdamW update and the whole data set held on the device.
 Autocast lives here, in the loop; the model itself always computes in the
 dtype of its parameters. `fast=False` gives the plain float32 loop.
 
@@ -269,7 +270,7 @@ def train_epoch(
     return losses, len(batches)
 
 
-def make_optimizer(model: nn.Module, learning_rate: float, lr_decay: float = 1.0):
+def make_optimizer(model: nn.Module, learning_rate: float, lr_decay: float = 1.0, fused: bool = False):
     """
     AdamW over the trainable parameters, with the learning rate multiplied by
     lr_decay after every epoch.
@@ -278,13 +279,15 @@ def make_optimizer(model: nn.Module, learning_rate: float, lr_decay: float = 1.0
     - model: the model
     - learning_rate: initial learning rate
     - lr_decay: per-epoch decay factor
+    - fused: update all parameters in one fused kernel (the same algorithm;
+      a few per cent faster per step than the default multi-tensor update)
 
     Returns a tuple of:
     - optimizer: torch.optim.AdamW
     - scheduler: torch.optim.lr_scheduler.LambdaLR, stepped once per epoch
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_decay**epoch)
     return optimizer, scheduler
 
@@ -333,7 +336,7 @@ def train_captioner(
     device = torch.device(device)
     model = prepare_model(model, device, fast)
     model.train()
-    optimizer, scheduler = make_optimizer(model, learning_rate, lr_decay)
+    optimizer, scheduler = make_optimizer(model, learning_rate, lr_decay, fused=fast)
     amp_dtype, scaler = mixed_precision(device, fast)
     if fast and device.type == "cuda":
         # Copying the data once beats copying every minibatch.

@@ -12,6 +12,7 @@ from torch import nn
 from helper.metrics import (
     caption_metrics,
     evaluate_captions,
+    exact_match,
     grounding_hits,
     grounding_score,
     resolve_word_objects,
@@ -302,3 +303,11 @@ def test_evaluate_captions_reports_grounding_of_an_attention_model():
     )
     assert result["metrics"]["grounding"] == pytest.approx(4 / 6)
     assert result["attn_weights"].shape == (1, 11, 4, 4)
+
+
+def test_exact_match_is_the_share_of_images_captioned_as_one_of_their_references():
+    result = {
+        "predictions": {1: "a red circle", 2: "a blue square", 3: "a red square"},
+        "references": {1: ["a red circle", "a circle"], 2: ["a red square"], 3: ["a blue circle", "a red square"]},
+    }
+    assert exact_match(result) == pytest.approx(2 / 3)
