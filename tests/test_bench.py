@@ -1,0 +1,19 @@
+"""
+The benchmark's measurements (helper.bench) run and give sane figures on a
+tiny data set; the figures themselves are printed, never asserted.
+"""
+import math
+
+from _cli_data import tiny_data
+from helper import bench
+
+
+def test_training_throughput_is_measured_for_both_loops():
+    plain, ours = bench.training_images_per_second(tiny_data(num_train=8), "lstm", steps=1, batch_size=4, repeats=2)
+    assert plain > 0 and ours > 0
+
+
+def test_short_run_reports_time_validation_loss_and_metrics():
+    result = bench.short_run_metrics(tiny_data(num_train=8), "attn", fast=True, epochs=1, batch_size=4)
+    assert set(result) == {"seconds", "val_loss", "bleu4", "cider"}
+    assert result["seconds"] > 0 and math.isfinite(result["val_loss"]) and result["val_loss"] > 0
