@@ -85,11 +85,12 @@ ENCODER_CHANNELS = 400  # c5 of RegNetX-400MF
 # DEVICE_DEFAULTS depend on the hardware: on 2 CPU cores a default run on
 # "shapes" of any cell type must finish within 5 minutes. There the decoder
 # trains alone, on standardised features of the frozen encoder computed once
-# (~30 s for the 31,000 images); an epoch of the 30,000 training captions
+# (~36 s for the 31,000 images); an epoch of the 30,000 training captions
 # then takes 12-15 s for "attn" and less for the others. Measured on the
-# 2-core AMD EPYC of the project's machines: 12 epochs at lr 1e-3 (2e-3 diverged on standardised
-# features) give the attention model's best validation captions within the
-# budget. The time budget ("minutes") ends a run early on a slower machine.
+# project's 2-core AMD EPYC: 12 epochs at lr 1e-3 (2e-3 diverged on
+# standardised features) give the attention model's best validation captions
+# within the budget. The time budget ("minutes") ends a run early on a
+# slower machine.
 
 DEFAULTS = {
     "data": "shapes",
@@ -110,7 +111,8 @@ DEFAULTS = {
 DEVICE_DEFAULTS = {
     # On 2 CPU cores, training the encoder too gets through only a few epochs
     # in 5 minutes, and its captions are still poor; the decoder alone, on
-    # the features of the (frozen) encoder computed once, trains ~8x faster.
+    # the features of the (frozen) encoder computed once, trains 6x (attn) to
+    # 16x (rnn) more images per second.
     "cpu": {"epochs": 12, "batch_size": 50, "learning_rate": 1e-3, "lr_decay": 0.9, "minutes": 4.5,
             "freeze_encoder": True},
     "cuda": {"epochs": 30, "batch_size": 256, "learning_rate": 2e-3, "lr_decay": 0.95, "minutes": None,
@@ -696,9 +698,10 @@ class TrainingRun:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.amp_dtype, self.scaler = mixed_precision(self.device, config["fast"])
         self.encoder_name, self.encoder = None, None  # set when the encoder is frozen and swapped out
-        # Set when the decoder trains on standardised features: (name of the
-        # feature projection, the projection, mean, std); see model_weights.
-        self.standardised = None
+        # Set when the decoder trains on standardised features: the feature
+        # projection's name in the model and the (mean, std) it is folded
+        # with; see model_weights.
+        self.projection_name, self.feature_stats = None, None
         feature_seconds = self._use_cached_features() if config["freeze_encoder"] else 0.0
 
         self.optimizer, self.scheduler = make_optimizer(
@@ -746,8 +749,8 @@ class TrainingRun:
             processes.barrier()
         if parts.feature_proj.bias is not None:  # folding the mean into the projection needs its bias
             table, mean, std = standardise_features(table, train_rows.unique())
-            name = next(n for n, m in self.model.named_modules() if m is parts.feature_proj)
-            self.standardised = (name, parts.feature_proj, mean, std)
+            self.projection_name = next(n for n, m in self.model.named_modules() if m is parts.feature_proj)
+            self.feature_stats = (mean, std)
         if self.device.type == "cuda":
             table = table.to(self.device)  # look features up where the decoder runs
         self.encoder_name, self.encoder = swap_image_encoder(self.model, FeatureLookup(table))
@@ -761,9 +764,9 @@ class TrainingRun:
     def _restore(self, checkpoint: dict) -> None:
         """Take up a checkpoint's optimiser, schedule, random and run state."""
         saved = checkpoint.get("standardised_projection")
-        if self.standardised is not None and saved is not None:
+        if self.projection_name is not None and saved is not None:
             # The optimiser's state belongs to the unfolded weights: continue from those, bit for bit.
-            projection = self.standardised[1]
+            projection = self.model.get_submodule(self.projection_name)
             with torch.no_grad():
                 projection.weight.copy_(saved["weight"])
                 projection.bias.copy_(saved["bias"])
@@ -788,17 +791,18 @@ class TrainingRun:
         weights = unwrap_model(self.model).state_dict()
         if self.encoder is not None:
             weights.update({f"{self.encoder_name}.{k}": v for k, v in self.encoder.state_dict().items()})
-        if self.standardised is not None:
-            name, projection, mean, std = self.standardised
-            weight, bias = fold_standardisation(projection.weight.detach(), projection.bias.detach(), mean, std)
+        weights = {k: v.detach().cpu() for k, v in weights.items()}
+        if self.projection_name is not None:  # on the CPU, where the feature statistics are
+            name = self.projection_name
+            weight, bias = fold_standardisation(weights[f"{name}.weight"], weights[f"{name}.bias"], *self.feature_stats)
             weights.update({f"{name}.weight": weight, f"{name}.bias": bias})
-        return {k: v.detach().cpu() for k, v in weights.items()}
+        return weights
 
     def standardised_projection(self) -> Optional[dict]:
         """The feature projection's own (unfolded) weights, which --resume trains on; None without standardising."""
-        if self.standardised is None:
+        if self.projection_name is None:
             return None
-        projection = self.standardised[1]
+        projection = self.model.get_submodule(self.projection_name)
         return {"weight": projection.weight.detach().cpu(), "bias": projection.bias.detach().cpu()}
 
     def save(self, name: str) -> None:
