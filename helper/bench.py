@@ -213,7 +213,7 @@ def _new_model(data: dict, cell: str, seed: int = 0):
 
 def training_images_per_second(
     data: dict, cell: str, steps: int, batch_size: int, repeats: int = 3
-) -> Tuple[float, float]:
+) -> Tuple[float, float, List[float]]:
     """
     Training throughput of the plain loop and of ours, each on its own copy
     of the same model. The two loops take turns, `repeats` rounds of `steps`
@@ -229,6 +229,7 @@ def training_images_per_second(
 
     Returns a tuple of:
     - plain, ours: training throughput in images per second
+    - round_speedups: ours over plain within each round, to show the spread
     """
     images, captions = data["train_images"], data["train_captions"]
     models = {fast: _new_model(data, cell) for fast in (False, True)}
@@ -241,7 +242,8 @@ def training_images_per_second(
             start = time.perf_counter()
             train_captioner(model, images[:n], captions[:n], 1, batch_size, 1e-3, fast=fast, progress=False)
             seconds[fast].append(time.perf_counter() - start)
-    return n / statistics.median(seconds[False]), n / statistics.median(seconds[True])
+    round_speedups = [plain / ours for plain, ours in zip(seconds[False], seconds[True])]
+    return n / statistics.median(seconds[False]), n / statistics.median(seconds[True]), round_speedups
 
 
 def decoding_captions_per_second(data: dict, cell: str, beam_size: int, num_images: int = 256) -> float:
@@ -273,17 +275,18 @@ def short_run_metrics(data: dict, cell: str, fast: bool, epochs: int, batch_size
 
 
 def bench_training(
-    cells, steps: int, batch_size: int, quality_train: int, quality_epochs: int, repeats: int = 3
+    cells, steps: int, batch_size: int, quality_train: int, quality_epochs: int, repeats: int = 5
 ) -> None:
     """Print the training, decoding and short-run tables (see the module docstring)."""
     data = _shapes_subset(max(steps * batch_size, quality_train), 500)
     print(f"\nTraining throughput, batch {batch_size}, median of {repeats} alternating rounds of {steps} minibatches, "
           f"112x112 images, decoder H=128\n")
-    print("| cell | plain loop (img/s) | ours (img/s) | speed-up |")
-    print("|---|---:|---:|---:|")
+    print("| cell | plain loop (img/s) | ours (img/s) | speed-up | rounds' speed-ups |")
+    print("|---|---:|---:|---:|---:|")
     for cell in cells:
-        plain, ours = training_images_per_second(data, cell, steps, batch_size, repeats)
-        print(f"| {cell} | {plain:.0f} | {ours:.0f} | {ours / plain:.2f}x |", flush=True)
+        plain, ours, rounds = training_images_per_second(data, cell, steps, batch_size, repeats)
+        spread = f"{min(rounds):.2f}x-{max(rounds):.2f}x"
+        print(f"| {cell} | {plain:.0f} | {ours:.0f} | {ours / plain:.2f}x | {spread} |", flush=True)
 
     print("\nDecoding throughput, float32, eval mode, 256 val images in batches of 64\n")
     print("| cell | greedy (captions/s) | beam 3 (captions/s) |")
@@ -313,7 +316,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="recurrent: timed repetitions; the median is reported")
     parser.add_argument("--cells", nargs="+", default=["rnn", "lstm", "attn"], choices=["rnn", "lstm", "attn"])
     parser.add_argument("--steps", type=int, default=10, help="training: timed minibatches per round")
-    parser.add_argument("--rounds", type=int, default=3, help="training: alternating timed rounds per loop (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="training: alternating timed rounds per loop (median)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quality-train", type=int, default=4000, help="training: images of the short runs")
     parser.add_argument("--quality-epochs", type=int, default=3, help="training: epochs of the short runs (0: skip)")

@@ -9,8 +9,9 @@ from helper import bench
 
 
 def test_training_throughput_is_measured_for_both_loops():
-    plain, ours = bench.training_images_per_second(tiny_data(num_train=8), "lstm", steps=1, batch_size=4, repeats=2)
+    plain, ours, rounds = bench.training_images_per_second(tiny_data(num_train=8), "lstm", steps=1, batch_size=4, repeats=2)
     assert plain > 0 and ours > 0
+    assert len(rounds) == 2 and all(speedup > 0 for speedup in rounds)
 
 
 def test_short_run_reports_time_validation_loss_and_metrics():
