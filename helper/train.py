@@ -73,6 +73,7 @@ from .training import (
     standardise_features,
     swap_image_encoder,
     train_epoch,
+    unfold_standardisation,
 )
 from .utils import pick_device, reset_seed
 
@@ -763,10 +764,19 @@ class TrainingRun:
 
     def _restore(self, checkpoint: dict) -> None:
         """Take up a checkpoint's optimiser, schedule, random and run state."""
-        saved = checkpoint.get("standardised_projection")
-        if self.projection_name is not None and saved is not None:
-            # The optimiser's state belongs to the unfolded weights: continue from those, bit for bit.
+        if self.projection_name is not None:
+            # The checkpoint's model holds the feature projection folded for raw
+            # features; the run goes on from the unfolded weights it trained,
+            # bit for bit, since the optimiser's state belongs to them.
             projection = self.model.get_submodule(self.projection_name)
+            saved = checkpoint.get("standardised_projection")
+            if saved is None:
+                # Written before frozen runs standardised their features: the
+                # projection is for raw features, so unfold it (same model).
+                mean, std = (t.cpu() for t in self.feature_stats)
+                weight, bias = projection.weight.detach().cpu(), projection.bias.detach().cpu()
+                weight, bias = unfold_standardisation(weight, bias, mean, std)
+                saved = {"weight": weight, "bias": bias}
             with torch.no_grad():
                 projection.weight.copy_(saved["weight"])
                 projection.bias.copy_(saved["bias"])

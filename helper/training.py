@@ -458,6 +458,23 @@ def fold_standardisation(weight: torch.Tensor, bias: torch.Tensor, mean: torch.T
     return folded, bias - folded @ mean
 
 
+def unfold_standardisation(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+    """
+    The inverse of fold_standardisation: the weights of a linear layer that
+    gives on standardised features what (weight, bias) gives on raw ones:
+
+        W x + b = (W std) ((x - mean) / std) + (b + W mean)
+
+    Inputs:
+    - weight: (H, D), bias: (H,), for raw features
+    - mean, std: (D,), from standardise_features
+
+    Returns a tuple of:
+    - weight: (H, D), bias: (H,), for standardised features
+    """
+    return weight * std, bias + weight @ mean
+
+
 class FeatureLookup(nn.Module):
     """
     Stands in for a model's ImageEncoder when the encoder is frozen: it

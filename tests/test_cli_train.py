@@ -12,7 +12,7 @@ import torch
 import helper.training
 from _cli_data import TINY, write_tiny_data
 from helper import train as train_cli
-from helper.checkpoint import load_checkpoint
+from helper.checkpoint import load_checkpoint, save_checkpoint
 from helper.evaluate import evaluate_checkpoint
 from helper.training import cached_encoder, encode_images, index_images
 from helper.utils import reset_seed
@@ -88,6 +88,23 @@ def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_p
     # A finished run trains on when given more epochs.
     assert train_cli.main(["--out", str(interrupted), "--resume", "--epochs", "3", "--no-progress"]) == 0
     assert json.loads((interrupted / "metrics.json").read_text())["epochs_done"] == 3
+
+
+def test_frozen_run_resumes_from_a_checkpoint_without_its_standardised_projection(impl, data_path, tmp_path):
+    # Checkpoints written before frozen runs standardised their features hold only the projection for raw
+    # features (as the model weights of every checkpoint do); resuming goes on from the same model.
+    reference, old = tmp_path / "reference", tmp_path / "old"
+    run = ["--cell", "lstm", "--train-images", "8", "--batch-size", "4", "--freeze-encoder", "--samples", "1"]
+    assert train_cli.main(args(data_path, reference, *run, "--epochs", "2")) == 0
+    assert train_cli.main(args(data_path, old, *run, "--epochs", "1")) == 0
+    checkpoint = load_checkpoint(old / "last.pt")
+    del checkpoint["standardised_projection"]
+    save_checkpoint(old / "last.pt", {k: v for k, v in checkpoint.items() if k not in ("format", "format_version")})
+
+    assert train_cli.main(["--out", str(old), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    expected, got = _weights(reference / "last.pt"), _weights(old / "last.pt")
+    for name in expected:  # equal up to the rounding of folding and unfolding
+        assert torch.allclose(expected[name], got[name], rtol=1e-4, atol=1e-6), name
 
 
 def test_every_cell_type_trains_the_decoder_alone_with_a_frozen_encoder(impl, data_path, tmp_path):

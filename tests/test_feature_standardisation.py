@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from helper.decoding import model_parts
-from helper.training import cached_encoder, fold_standardisation, index_images, standardise_features
+from helper.training import (
+    cached_encoder,
+    fold_standardisation,
+    index_images,
+    standardise_features,
+    unfold_standardisation,
+)
 
 
 def test_standardised_features_have_zero_mean_and_unit_std_over_the_training_rows():
@@ -32,6 +38,17 @@ def test_folded_linear_layer_gives_on_raw_features_what_it_gave_on_standardised_
     mean, std = raw.mean(dim=0), raw.std(dim=0)
     weight, bias = fold_standardisation(layer.weight, layer.bias, mean, std)
     assert torch.allclose(raw @ weight.T + bias, layer((raw - mean) / std))
+
+
+def test_unfolding_undoes_folding():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    mean, std = torch.randn(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64) + 0.1
+    unfolded = unfold_standardisation(*fold_standardisation(weight, bias, mean, std), mean, std)
+    assert torch.allclose(unfolded[0], weight) and torch.allclose(unfolded[1], bias)
+    raw = torch.randn(20, 6, dtype=torch.float64)
+    w, b = unfold_standardisation(weight, bias, mean, std)
+    assert torch.allclose(((raw - mean) / std) @ w.T + b, raw @ weight.T + bias)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "attn"])
