@@ -9,7 +9,8 @@ Benchmarks, run as `python -m helper.bench {recurrent,training}`.
   moved to the device) against ours (`train_captioner(fast=True)`), for each
   cell type on the same data, the two loops taking turns (median of their
   rounds); greedy and beam decoding captions/s; and the validation loss and
-  metrics of a short run of each loop, to show that speed costs nothing.
+  metrics of short runs of each loop over a few seeds (a short run's result
+  swings with the seed), to show that speed costs nothing.
 
 Figures are printed, never asserted: timings on shared machines are noisy.
 Each timing is the median of several repetitions after a warm-up.
@@ -257,10 +258,18 @@ def decoding_captions_per_second(data: dict, cell: str, beam_size: int, num_imag
     return len(images) / (time.perf_counter() - start)
 
 
-def short_run_metrics(data: dict, cell: str, fast: bool, epochs: int, batch_size: int) -> Dict:
-    """Train from the same start with one loop or the other, then score val captions."""
-    model = _new_model(data, cell)
-    reset_seed(1)
+def short_run_metrics(data: dict, cell: str, fast: bool, epochs: int, batch_size: int, seed: int = 0) -> Dict:
+    """
+    Train with one loop or the other, then score the val captions. Both
+    loops start from the same weights and visit the images in the same order
+    for the same seed.
+
+    Returns:
+    - dict with seconds (of training), val_loss (teacher-forced, per image),
+      bleu4 and cider (greedy captions)
+    """
+    model = _new_model(data, cell, seed=seed)
+    reset_seed(seed + 1)
     start = time.perf_counter()
     train_captioner(model, data["train_images"], data["train_captions"], epochs, batch_size, 2e-3,
                     fast=fast, progress=False)
@@ -275,7 +284,8 @@ def short_run_metrics(data: dict, cell: str, fast: bool, epochs: int, batch_size
 
 
 def bench_training(
-    cells, steps: int, batch_size: int, quality_train: int, quality_epochs: int, repeats: int = 5
+    cells, steps: int, batch_size: int, quality_train: int, quality_epochs: int, repeats: int = 5,
+    quality_seeds: int = 3,
 ) -> None:
     """Print the training, decoding and short-run tables (see the module docstring)."""
     data = _shapes_subset(max(steps * batch_size, quality_train), 500)
@@ -298,15 +308,21 @@ def bench_training(
 
     if quality_epochs > 0:
         small = {k: (v[:quality_train] if k.startswith("train_") else v) for k, v in data.items()}
-        print(f"\nShort run, {quality_train} train images x {quality_epochs} epochs, same seed, val metrics (greedy)\n")
-        print("| cell | loop | train time (s) | val loss | BLEU-4 | CIDEr-D |")
+        print(f"\nShort runs, {quality_train} train images x {quality_epochs} epochs, seeds 0..{quality_seeds - 1} "
+              f"(each seed: the same start and order for both loops), val metrics (greedy), mean over the seeds\n")
+        print("| cell | loop | train time (s) | val loss (each seed) | BLEU-4 | CIDEr-D |")
         print("|---|---|---:|---:|---:|---:|")
         for cell in cells:
-            for fast in (False, True):
-                r = short_run_metrics(small, cell, fast, quality_epochs, batch_size)
+            runs = {False: [], True: []}
+            for seed in range(quality_seeds):  # the loops take turns, as above
+                for fast in (False, True):
+                    runs[fast].append(short_run_metrics(small, cell, fast, quality_epochs, batch_size, seed))
+            for fast, results in runs.items():
+                mean = {key: statistics.mean(r[key] for r in results) for key in results[0]}
+                each = " / ".join(f"{r['val_loss']:.1f}" for r in results)
                 loop = "ours" if fast else "plain"
-                print(f"| {cell} | {loop} | {r['seconds']:.0f} | {r['val_loss']:.2f} | {r['bleu4']:.3f} | {r['cider']:.3f} |",
-                      flush=True)
+                print(f"| {cell} | {loop} | {mean['seconds']:.0f} | {mean['val_loss']:.2f} ({each}) | "
+                      f"{mean['bleu4']:.3f} | {mean['cider']:.3f} |", flush=True)
 
 
 def main(argv=None) -> None:
@@ -320,13 +336,15 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quality-train", type=int, default=4000, help="training: images of the short runs")
     parser.add_argument("--quality-epochs", type=int, default=3, help="training: epochs of the short runs (0: skip)")
+    parser.add_argument("--quality-seeds", type=int, default=3, help="training: seeds of the short runs (mean)")
     args = parser.parse_args(argv)
     print(f"machine: {machine_description()}")
     if args.what == "recurrent":
         rows = bench_recurrent(repeats=args.repeats)
         print_table("Recurrent layers, N=256, T=16, D=256, H=512, float32, CPU", rows)
     else:
-        bench_training(args.cells, args.steps, args.batch_size, args.quality_train, args.quality_epochs, args.rounds)
+        bench_training(args.cells, args.steps, args.batch_size, args.quality_train, args.quality_epochs, args.rounds,
+                       args.quality_seeds)
 
 
 if __name__ == "__main__":

@@ -18,3 +18,10 @@ def test_short_run_reports_time_validation_loss_and_metrics():
     result = bench.short_run_metrics(tiny_data(num_train=8), "attn", fast=True, epochs=1, batch_size=4)
     assert set(result) == {"seconds", "val_loss", "bleu4", "cider"}
     assert result["seconds"] > 0 and math.isfinite(result["val_loss"]) and result["val_loss"] > 0
+
+
+def test_short_runs_start_alike_for_a_seed_and_differently_for_another():
+    data = tiny_data(num_train=8)
+    runs = [bench.short_run_metrics(data, "rnn", fast=False, epochs=1, batch_size=4, seed=seed) for seed in (0, 0, 1)]
+    assert runs[0]["val_loss"] == runs[1]["val_loss"]
+    assert runs[0]["val_loss"] != runs[2]["val_loss"]
