@@ -213,7 +213,7 @@ def _new_model(data: dict, cell: str, seed: int = 0):
 
 
 def training_images_per_second(
-    data: dict, cell: str, steps: int, batch_size: int, repeats: int = 3
+    data: dict, cell: str, steps: int, batch_size: int, repeats: int = 5
 ) -> Tuple[float, float, List[float]]:
     """
     Training throughput of the plain loop and of ours, each on its own copy

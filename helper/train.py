@@ -772,10 +772,9 @@ class TrainingRun:
             saved = checkpoint.get("standardised_projection")
             if saved is None:
                 # Written before frozen runs standardised their features: the
-                # projection is for raw features, so unfold it (same model).
-                mean, std = (t.cpu() for t in self.feature_stats)
-                weight, bias = projection.weight.detach().cpu(), projection.bias.detach().cpu()
-                weight, bias = unfold_standardisation(weight, bias, mean, std)
+                # projection just loaded is for raw features, so unfold it (same model).
+                loaded = self.standardised_projection()
+                weight, bias = unfold_standardisation(loaded["weight"], loaded["bias"], *self.feature_stats)
                 saved = {"weight": weight, "bias": bias}
             with torch.no_grad():
                 projection.weight.copy_(saved["weight"])

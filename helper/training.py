@@ -4,9 +4,9 @@ The training loop of the captioning models.
 `train_captioner` is the loop of the assignment (AdamW, a learning rate that
 decays once per epoch, one loss value per minibatch), made fast for the
 hardware at hand:
-- on CPU, channels_last memory format and bfloat16 autocast (these make the
-  encoder's convolutions several times faster on CPUs with bf16 units),
-  and the fused AdamW update;
+- on CPU, channels_last memory format and bfloat16 autocast (together about
+  2x faster end to end on CPUs with bf16 instructions; see the README's
+  benchmark), and the fused AdamW update;
 - on CUDA, automatic mixed precision, channels_last, cuDNN autotuning, the
   fused AdamW update and the whole data set held on the device.
 Autocast lives here, in the loop; the model itself always computes in the
