@@ -4,6 +4,8 @@ tiny data set; the figures themselves are printed, never asserted.
 """
 import math
 
+import torch
+
 from _cli_data import tiny_data
 from helper import bench
 
@@ -25,3 +27,19 @@ def test_short_runs_start_alike_for_a_seed_and_differently_for_another():
     runs = [bench.short_run_metrics(data, "rnn", fast=False, epochs=1, batch_size=4, seed=seed) for seed in (0, 0, 1)]
     assert runs[0]["val_loss"] == runs[1]["val_loss"]
     assert runs[0]["val_loss"] != runs[2]["val_loss"]
+
+
+def test_machine_line_names_the_vector_instructions_and_the_precision_ours_uses(monkeypatch):
+    assert bench.cpu_instructions() in bench.machine_description()
+    monkeypatch.setattr(bench, "autocast_dtype", lambda device: None)
+    assert "float32" in bench.machine_description()
+    monkeypatch.setattr(bench, "autocast_dtype", lambda device: torch.bfloat16)
+    assert "bfloat16 autocast" in bench.machine_description()
+
+
+def test_instruction_names_follow_the_cpu_checks(monkeypatch):
+    for name in ("_is_avx2_supported", "_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: True, raising=False)
+    assert bench.cpu_instructions() == "AVX-512 with bfloat16 and AMX"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: False)
+    assert bench.cpu_instructions() == "AVX2"
