@@ -82,7 +82,7 @@ def machine_description() -> str:
     except OSError:
         pass
     precision = autocast_dtype(torch.device("cpu"))
-    ours = f"{precision} autocast".replace("torch.", "") if precision is not None else "no bfloat16 kernels: float32"
+    ours = f"{str(precision).removeprefix('torch.')} autocast" if precision is not None else "no bfloat16 kernels: float32"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (f"{cpu} ({cpu_instructions()}; ours on CPU: {ours}), {torch.get_num_threads()} threads, {device}, "
             f"torch {torch.__version__}")

@@ -92,7 +92,7 @@ ENCODER_CHANNELS = 400  # c5 of RegNetX-400MF
 # standardised features) give the attention model's best validation captions
 # within the budget. The time budget ("minutes") ends a run early on a
 # slower machine: on a 2-core EPYC with AVX2 alone (no bfloat16 kernels) the
-# encoding takes ~150 s and the runs stop after 3 (attn) to 8 (rnn) epochs.
+# encoding takes ~150 s and the runs stop after 1-3 (attn) to 8 (rnn) epochs.
 
 DEFAULTS = {
     "data": "shapes",
