@@ -1,12 +1,12 @@
 # Two commands for a fresh machine with Python 3.11:
 #   make demo   trains the three decoders on the built-in data set and writes a report
-#   make test   runs the autograder test suite and validates the notebook
+#   make test   runs the test suite (grading, beyond the contract, the tool) and validates the notebook
 # Both create the virtual environment .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test test-module notebook mutants bench figures clean
+.PHONY: venv demo test test-module notebook mutants solutions bench figures clean gpu-check release
 
 venv: $(VENV)/.installed
 
@@ -23,13 +23,19 @@ test: venv
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval-current-env --nbval rnn_lstm_captioning.ipynb
 
-# The module tests alone, against any implementation: make test-module IMPL=path/to/file.py
+# Grade one implementation (the contract's tests, with points, and the checks beyond it, reported):
+# make test-module IMPL=path/to/rnn_lstm_captioning.py
 test-module: venv
-	$(PY) -m pytest tests $(if $(IMPL),--impl $(IMPL),)
+	$(PY) -m pytest tests/grading tests/beyond $(if $(IMPL),--impl $(IMPL),)
 
-# Check that the suite catches broken copies of the reference module.
+# Check that the grading tests catch broken copies of the reference module, and the checks beyond the
+# contract catch copies that lose its extras.
 mutants: venv
 	$(PY) tests/mutants.py
+
+# Check that correct solutions other than ours (tests/solutions/) get full marks and keep make test green.
+solutions: venv
+	$(PY) tests/solutions/check.py
 
 bench: venv
 	$(PY) -m helper.bench recurrent
@@ -40,8 +46,25 @@ bench: venv
 notebook: venv
 	$(PY) -m helper.notebook
 
+# On a GPU machine: the module, the tests, the notebook, training and the benchmark on CUDA, in one
+# report, runs/gpu-check/report.md (python -m helper.gpu_check --device cpu: a tiny dry run on the CPU).
+gpu-check: venv
+	$(PY) -m helper.gpu_check --out runs/gpu-check
+
 figures: venv
 	$(PY) -m helper.figures --out assets
 
 clean:
 	rm -rf $(VENV) runs
+
+# The student kit (instructors): the module with its solutions replaced by hints, the notebook, helper/
+# without the grader, the self-check and the hand-in command. make release KIT=path (default runs/student-kit;
+# replaced when it exists).
+release: venv
+	$(PY) -m helper.release --force $(or $(KIT),runs/student-kit)
+
+# Grade a batch of submissions (folders, .py files or submission zips) into a CSV, feedback texts and
+# Gradescope results: make grade SUBMISSIONS="subs/*.zip" OUT=grades.csv [GRADE_OPTIONS="--notebook-points 0"]
+.PHONY: grade
+grade: venv
+	$(PY) -m helper.grade $(SUBMISSIONS) --out $(or $(OUT),grades.csv) $(GRADE_OPTIONS)

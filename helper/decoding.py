@@ -280,6 +280,12 @@ def decoder_step(
     - the next DecoderState
     - attn_weights: (M, Da, Da) for "attn", else None
     """
+    if words.shape[0] == 1:
+        # The contract covers batches of two or more (a correct solution may
+        # squeeze a batch of one away): step a batch of one doubled.
+        scores, doubled, weights = decoder_step(parts, words.repeat(2), repeat_state(state, 2))
+        first = DecoderState(h=doubled.h[:1], c=doubled.c[:1], A=None if doubled.A is None else doubled.A[:1])
+        return scores[:1], first, None if weights is None else weights[:1]
     x = parts.embedding(words.unsqueeze(1)).squeeze(1)  # (M, W)
     h, c, weights = state.h, state.c, None
     if parts.cell_type == "rnn":
@@ -584,6 +590,10 @@ def generate_captions(
     - attn_weights: (N, max_length, Da, Da) on the CPU for "attn", else None
     """
     _check_beam_options(beam_size, max_length, length_penalty)
+    if beam_size == 1 and images.shape[0] == 1:
+        # The contract covers batches of two or more: sample a batch of one doubled.
+        captions, attn_weights = generate_captions(model, images.repeat(2, 1, 1, 1), 1, max_length)
+        return captions[:1], None if attn_weights is None else attn_weights[:1]
     if beam_size == 1:
         output = unwrap_model(model).sample(images, max_length=max_length)
     else:

@@ -21,17 +21,29 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 import torch
 
-# The test files that grade rnn_lstm_captioning.py itself (the mutation check
-# and the stub check run exactly these).
-MODULE_TEST_FILES = [
-    "tests/test_rnn.py",
-    "tests/test_embedding_loss.py",
-    "tests/test_lstm.py",
-    "tests/test_attention.py",
-    "tests/test_encoder.py",
-    "tests/test_captioning_model.py",
-    "tests/test_bad_input.py",
+# The test files that grade rnn_lstm_captioning.py against the contract (the
+# stub check and the mutation check run exactly these), and those that check
+# what our own module does beyond it (never graded).
+GRADING_TEST_FILES = [
+    "tests/grading/test_rnn.py",
+    "tests/grading/test_embedding_loss.py",
+    "tests/grading/test_lstm.py",
+    "tests/grading/test_attention.py",
+    "tests/grading/test_encoder.py",
+    "tests/grading/test_captioning_model.py",
 ]
+BEYOND_TEST_FILES = sorted(str(p.relative_to(Path(__file__).parent.parent)) for p in (Path(__file__).parent / "beyond").glob("test_*.py"))
+
+# Private references to what the checks compare with, taken before the module
+# under test is imported (conftest imports this file first): a submission that
+# replaces torch.allclose cannot change what these do. tests/_tamper.py
+# detects the replacement itself.
+_Tensor = torch.Tensor
+_allclose = torch.allclose
+_equal = torch.equal
+_float64 = torch.float64
+_gradcheck = torch.autograd.gradcheck
+_Parameter = torch.nn.Parameter
 
 # Every public name of the API; a failure message of a module test names one.
 API_NAMES = [
@@ -154,7 +166,8 @@ def forward(module, *args):
 
 def check_tensor(label: str, value, shape: Sequence[int], dtype: Optional[torch.dtype] = None):
     """Fail unless value is a tensor of the given shape (and dtype)."""
-    if not isinstance(value, torch.Tensor):
+    # Exactly a Tensor: a subclass could redefine comparisons and arithmetic.
+    if type(value) not in (_Tensor, _Parameter):
         pytest.fail(
             f"{label}: expected a torch.Tensor of shape {tuple(shape)}, got {type(value).__name__}", pytrace=False
         )
@@ -168,9 +181,9 @@ def check_close(label: str, actual, expected, rtol: float = 1e-5, atol: float = 
     """Fail unless actual has expected's shape and matches it to the tolerance."""
     expected = torch.as_tensor(expected)
     check_tensor(label, actual, expected.shape)
-    actual = actual.detach().to(torch.float64).cpu()
-    expected = expected.detach().to(torch.float64).cpu()
-    if not torch.allclose(actual, expected, rtol=rtol, atol=atol):
+    actual = actual.detach().to(_float64).cpu()
+    expected = expected.detach().to(_float64).cpu()
+    if not _allclose(actual, expected, rtol=rtol, atol=atol):
         error = (actual - expected).abs().max().item()
         pytest.fail(
             f"{label}: differs from the reference by up to {error:.3g} " f"(allowed rtol={rtol:g}, atol={atol:g})",
@@ -181,7 +194,7 @@ def check_close(label: str, actual, expected, rtol: float = 1e-5, atol: float = 
 def check_gradcheck(label: str, func, inputs: Sequence[torch.Tensor]):
     """Fail unless autograd's gradients of func (float64) match numeric ones (torch.autograd.gradcheck)."""
     try:
-        ok = torch.autograd.gradcheck(func, tuple(inputs), eps=1e-6, atol=1e-5, rtol=1e-4)
+        ok = _gradcheck(func, tuple(inputs), eps=1e-6, atol=1e-5, rtol=1e-4)
     except NotImplementedError:
         pytest.fail(f"{label} is not implemented (NotImplementedError)", pytrace=False)
     except torch.autograd.gradcheck.GradcheckError as error:
@@ -301,7 +314,16 @@ def param(module: torch.nn.Module, name: str) -> torch.nn.Parameter:
     return params[name]
 
 
+def same(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether two tensors are equal element for element (torch.equal, by a private reference)."""
+    return _equal(actual, expected)
+
+
 def expect(condition, message: str):
     """Fail the test with message (and no traceback) unless condition holds."""
+    # A tensor is judged by its one value (a plain Python number), so that a
+    # result whose comparisons all say True cannot pass by its own say.
+    if isinstance(condition, _Tensor):
+        condition = condition.numel() == 1 and bool(condition.item())
     if not condition:
         pytest.fail(message, pytrace=False)

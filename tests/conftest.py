@@ -1,8 +1,16 @@
 """
-Shared fixtures of the test suite.
+Shared fixtures of the test suite, and the grading report.
 
-The suite grades an implementation of `rnn_lstm_captioning.py` through its
-public API only. Choose the file under test with
+The suite has three parts:
+- tests/grading/  the contract of the standard assignment, graded: every
+                  correct solution passes; each file is one part of
+                  helper.rubric, whose points its test cases share equally;
+- tests/beyond/   what this project's own module does beyond the contract
+                  (a batch of one, other grid sizes, clear errors): shown as
+                  "beyond the assignment", never graded;
+- tests/tool/     the tool: helper/ and the commands.
+
+Choose the file under test with
 
     pytest tests --impl path/to/rnn_lstm_captioning.py
     CAPTIONING_IMPL=path/to/rnn_lstm_captioning.py pytest tests
@@ -10,16 +18,33 @@ public API only. Choose the file under test with
 By default the repo's own module is tested. The chosen file is also placed
 in sys.modules under the name `rnn_lstm_captioning`, so that helper code that
 imports the module sees the implementation under test.
+
+A check beyond the assignment that fails is reported (as xfail, and in the
+summary), and does not fail the run, unless `--beyond strict` (or
+CAPTIONING_BEYOND=strict) is given: CI gives it for this project's module.
+`--grade-json FILE` writes the grade: points per part and per test.
 """
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
+# Before the module under test is imported: _grading takes its private
+# references to the comparison functions, and the snapshot records torch's.
+import _grading  # noqa: F401
+from _tamper import Snapshot
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMPL = REPO_ROOT / "rnn_lstm_captioning.py"
+sys.path.insert(0, str(REPO_ROOT))
+from helper import rubric  # noqa: E402
+
+SNAPSHOT = Snapshot()
+GRADING_DIR = Path(__file__).resolve().parent / "grading"
+BEYOND_DIR = Path(__file__).resolve().parent / "beyond"
 
 
 def pytest_addoption(parser):
@@ -29,12 +54,33 @@ def pytest_addoption(parser):
         default=None,
         help="path of the rnn_lstm_captioning.py to grade (default: $CAPTIONING_IMPL, else the repo's own)",
     )
+    parser.addoption(
+        "--beyond",
+        choices=("report", "strict"),
+        default=None,
+        help="checks beyond the assignment: report their failures (default) or fail the run "
+        "(strict; default from $CAPTIONING_BEYOND)",
+    )
+    parser.addoption("--grade-json", default=None, help="write the grade (points per part and test) to this file")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "part(key): the part of helper.rubric that a graded test belongs to")
+    config.addinivalue_line("markers", "beyond: checks what our module does beyond the contract (never graded)")
 
 
 def impl_path(config) -> Path:
     """The file under test: --impl, else $CAPTIONING_IMPL, else the repo's module."""
     chosen = config.getoption("--impl") or os.environ.get("CAPTIONING_IMPL")
     return Path(chosen).resolve() if chosen else DEFAULT_IMPL
+
+
+def beyond_mode(config) -> str:
+    """'strict' or 'report' (see the module docstring)."""
+    mode = config.getoption("--beyond") or os.environ.get("CAPTIONING_BEYOND") or "report"
+    if mode not in ("report", "strict"):
+        raise pytest.UsageError(f"CAPTIONING_BEYOND must be 'report' or 'strict'; got {mode!r}")
+    return mode
 
 
 def load_module_from(path: Path, name: str = "rnn_lstm_captioning"):
@@ -52,8 +98,167 @@ def impl(request):
     """The captioning module under test."""
     module = load_module_from(impl_path(request.config))
     sys.modules["rnn_lstm_captioning"] = module
+    _note_tampering(request.config, "when it was imported")
     return module
 
 
+def _note_tampering(config, when: str):
+    """Record the functions that the module under test replaced, if any."""
+    changed = SNAPSHOT.changes()
+    if changed and not _STATE["tampering"]:
+        _STATE["tampering"].append(f"{when}, the module under test replaced {', '.join(changed[:8])}")
+
+
 def pytest_report_header(config):
-    return f"captioning implementation under test: {impl_path(config)}"
+    return f"captioning implementation under test: {impl_path(config)}; beyond the contract: {beyond_mode(config)}"
+
+
+# ---------------------------------------------------------------------------
+# Which part each test is in, and its points
+# ---------------------------------------------------------------------------
+
+
+def _in(item, folder: Path) -> bool:
+    return folder in Path(str(item.fspath)).resolve().parents
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _in(item, BEYOND_DIR):
+            item.add_marker(pytest.mark.beyond)
+        elif _in(item, GRADING_DIR) and item.get_closest_marker("part") is None:
+            raise pytest.UsageError(f"{item.nodeid}: a graded test needs a part marker (pytestmark)")
+
+
+def pytest_collection_finish(session):
+    """Share each part's points among its test cases that will run."""
+    counts = {}
+    for item in session.items:
+        marker = item.get_closest_marker("part")
+        if marker is not None:
+            counts[marker.args[0]] = counts.get(marker.args[0], 0) + 1
+    for item in session.items:
+        marker = item.get_closest_marker("part")
+        if marker is not None:
+            key = marker.args[0]
+            item.user_properties.append(("points", rubric.part(key).points / counts[key]))
+
+
+# ---------------------------------------------------------------------------
+# Outcomes: tampering fails graded tests; beyond-the-contract failures are reported
+# ---------------------------------------------------------------------------
+
+
+_STATE = {"tests": {}, "beyond": {}, "tampering": []}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    config = item.config
+    part = item.get_closest_marker("part")
+    if part is not None:
+        report.user_properties.append(("part", part.args[0]))
+        if report.when == "call":
+            _note_tampering(config, f"during {item.name}")
+        if _STATE["tampering"]:
+            report.user_properties.append(("tampering", _STATE["tampering"][0]))
+            if report.when == "call":
+                report.outcome = "failed"
+                report.longrepr = f"grading refused: {_STATE['tampering'][0]}"
+    if item.get_closest_marker("beyond") is not None:
+        report.user_properties.append(("beyond", True))
+        if report.failed and beyond_mode(config) == "report":
+            # Shown as xfail "beyond the assignment": never a failure of the run.
+            report.wasxfail = f"beyond the assignment: {_message(report)}"
+            report.outcome = "skipped"
+
+
+def _message(report) -> str:
+    """The first line of a failure, for reports."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def pytest_runtest_logreport(report):
+    """Keep each graded or beyond test's outcome (here, so that it also works under xdist's controller)."""
+    properties = dict(report.user_properties)
+    if "part" not in properties and "beyond" not in properties:
+        return
+    if properties.get("tampering") and not _STATE["tampering"]:
+        _STATE["tampering"].append(properties["tampering"])
+    failed = report.failed or hasattr(report, "wasxfail")
+    if report.when != "call" and not failed:
+        return
+    outcome = "failed" if failed else report.outcome
+    if report.when != "call" and report.failed:
+        outcome = "error"
+    message = report.wasxfail if hasattr(report, "wasxfail") else _message(report) if failed else ""
+    entry = {"nodeid": report.nodeid, "outcome": outcome, "message": message}
+    table = _STATE["beyond"]
+    if "part" in properties:
+        entry.update(part=properties["part"], points=properties.get("points", 0.0))
+        table = _STATE["tests"]
+    previous = table.get(report.nodeid)
+    if previous is None or previous["outcome"] == "passed":
+        table[report.nodeid] = entry
+
+
+def grade(config) -> dict:
+    """The grade of the run: points per part and per graded test, the checks beyond, and any tampering."""
+    tests = list(_STATE["tests"].values())
+    tampered = bool(_STATE["tampering"])
+    for entry in tests:
+        entry["earned"] = entry["points"] if entry["outcome"] == "passed" and not tampered else 0.0
+    parts = []
+    for part in rubric.PARTS:
+        mine = [t for t in tests if t["part"] == part.key]
+        if mine:
+            parts.append(
+                {
+                    "key": part.key,
+                    "title": part.title,
+                    "points": part.points,
+                    "earned": round(sum(t["earned"] for t in mine), 4),
+                    "passed": sum(t["outcome"] == "passed" for t in mine),
+                    "tests": len(mine),
+                }
+            )
+    return {
+        "impl": str(impl_path(config)),
+        "total": round(sum(p["earned"] for p in parts), 4),
+        "max_total": sum(p["points"] for p in parts),
+        "parts": parts,
+        "tests": tests,
+        "beyond": list(_STATE["beyond"].values()),
+        "tampering": _STATE["tampering"][0] if tampered else None,
+    }
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    result = grade(config)
+    write = terminalreporter.write_line
+    if result["parts"]:
+        terminalreporter.section("grade (the contract of the assignment)")
+        for part in result["parts"]:
+            write(
+                f"{part['title']:<62} {part['earned']:6.2f} / {part['points']:g}"
+                f"   ({part['passed']} of {part['tests']} checks)"
+            )
+        write(f"{'total':<62} {result['total']:6.2f} / {result['max_total']:g}")
+        if result["tampering"]:
+            write(f"grading refused: {result['tampering']}")
+    if result["beyond"]:
+        terminalreporter.section("beyond the assignment (our module's extras; never graded)")
+        unmet = [b for b in result["beyond"] if b["outcome"] != "passed"]
+        write(f"{len(result['beyond']) - len(unmet)} of {len(result['beyond'])} checks met")
+        for entry in unmet:
+            write(f"not met: {entry['nodeid']}: {entry['message']}")
+    path = config.getoption("--grade-json")
+    if path:
+        path = Path(path)
+        temporary = path.with_name(path.name + ".partial")
+        temporary.write_text(json.dumps(result, indent=2))
+        temporary.replace(path)

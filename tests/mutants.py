@@ -3,8 +3,14 @@ Mutation check of the autograder: does the suite catch wrong implementations?
 
 Each mutant is a copy of rnn_lstm_captioning.py with one typical mistake
 (a swapped gate, a missing scale, a transposed gradient, a forgotten
-ignore_index, an off-by-one caption shift, ...). The module tests must fail
-on every mutant and pass on the unmutated file.
+ignore_index, an off-by-one caption shift, ...).
+
+- A mutant that breaks the contract must be caught by the grading tests
+  alone (tests/grading), which must pass on the unmutated file.
+- A mutant that keeps the contract but loses one of our module's extras (a
+  hard-coded 4x4 grid, no input validation, ...) must pass the grading tests,
+  as a correct student solution does, and be caught by the checks beyond the
+  contract (tests/beyond, strict).
 
     .venv/bin/python tests/mutants.py [--impl PATH] [--jobs 2] [--only NAME ...]
 
@@ -35,7 +41,7 @@ import torchvision  # noqa: E402,F401
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 sys.path.insert(0, str(TESTS_DIR))
-from _grading import MODULE_TEST_FILES  # noqa: E402
+from _grading import BEYOND_TEST_FILES, GRADING_TEST_FILES  # noqa: E402
 
 RUN_TIMEOUT_S = 300
 
@@ -58,10 +64,23 @@ class Mutant:
     test_file: str
     edits: List[Edit]
 
+    @property
+    def beyond(self) -> bool:
+        """Whether the mistake keeps the contract (caught beyond it, not by the grading tests)."""
+        return self.test_file in BEYOND_TEST_FILES
 
-def M(name, test_file, old, new, count=1, which=0) -> Mutant:
-    """A mutant of one edit, caught (we expect) by tests/<test_file>.py."""
-    return Mutant(name, f"tests/{test_file}.py", [Edit(old, new, count, which)])
+
+def test_file(name: str) -> str:
+    """The path of tests/grading/<name>.py or tests/beyond/<name>.py."""
+    for path in [*GRADING_TEST_FILES, *BEYOND_TEST_FILES]:
+        if Path(path).stem == name:
+            return path
+    raise ValueError(f"no test file {name}.py in tests/grading or tests/beyond")
+
+
+def M(name, test_name, old, new, count=1, which=0) -> Mutant:
+    """A mutant of one edit, caught (we expect) by tests/grading/<test_name>.py or tests/beyond/<test_name>.py."""
+    return Mutant(name, test_file(test_name), [Edit(old, new, count, which)])
 
 
 MUTANTS: List[Mutant] = [
@@ -105,7 +124,7 @@ MUTANTS: List[Mutant] = [
     ),
     M(
         "temporal_softmax_loss: ignore_index=None ignores word 0",
-        "test_embedding_loss",
+        "test_any_grid_any_batch",
         "ignore_index=-100 if ignore_index is None else ignore_index",
         "ignore_index=0 if ignore_index is None else ignore_index",
     ),
@@ -141,7 +160,7 @@ MUTANTS: List[Mutant] = [
     ),
     Mutant(
         "LSTM.forward: cell state kept from the previous call (not reset)",
-        "tests/test_lstm.py",
+        test_file("test_lstm"),
         [
             Edit(
                 "prev_h, prev_c = h0, torch.zeros_like(h0)",
@@ -319,6 +338,70 @@ MUTANTS: List[Mutant] = [
         "for t in range(max_length):",
         "for t in range(max_length - 1):",
     ),
+    M(
+        "sample (lstm): forget-gate bias dropped",
+        "test_captioning_model",
+        "h, c = self.rnn.step_forward(x, h, c)\n",
+        "h, c = lstm_cell(x @ self.rnn.Wx + h @ self.rnn.Wh"
+        " + self.rnn.b * (torch.arange(self.rnn.b.numel()) // h.shape[1] != 1), c)\n",
+    ),
+    M(
+        "sample (attn): forget-gate bias dropped",
+        "test_captioning_model",
+        "h, c = self.rnn.step_forward(x, h, c, attn)",
+        "h, c = lstm_cell(x @ self.rnn.Wx + h @ self.rnn.Wh + attn @ self.rnn.Wattn"
+        " + self.rnn.b * (torch.arange(self.rnn.b.numel()) // h.shape[1] != 1), c)",
+    ),
+    M(
+        "sample: every caption stops at the first <END> of any",
+        "test_captioning_model",
+        "word = self.output_proj(h).argmax(dim=1)\n            captions[:, t] = word",
+        "word = self.output_proj(h).argmax(dim=1)\n            captions[:, t] = word\n"
+        "            if (word == self._end).any():\n                break",
+    ),
+    # --- beyond the contract: correct solutions, but without our module's extras
+    M(
+        "CaptioningRNN: always ignores <NULL>, whatever ignore_index says",
+        "test_any_grid_any_batch",
+        "temporal_softmax_loss(scores, captions_out, ignore_index=self.ignore_index)",
+        "temporal_softmax_loss(scores, captions_out, ignore_index=self._null)",
+    ),
+    M(
+        "dot_product_attention: the 4x4 grid hard-coded",
+        "test_any_grid_any_batch",
+        "attn_weights = weights.reshape(N, Da, Da)",
+        "attn_weights = weights.reshape(N, 4, 4)",
+    ),
+    M(
+        "dot_product_attention: squeeze() drops a batch of one",
+        "test_any_grid_any_batch",
+        "attn = torch.bmm(A_flat, weights.unsqueeze(2)).squeeze(2)",
+        "attn = torch.bmm(A_flat, weights.unsqueeze(2)).squeeze()",
+    ),
+    M(
+        "ImageEncoder: verbose dummy batch in train mode",
+        "test_encoder_beyond",
+        "            self.backbone.eval()\n            with torch.no_grad():",
+        "            with torch.no_grad():",
+    ),
+    M(
+        "ImageEncoder: built with the deprecated pretrained= argument",
+        "test_encoder_beyond",
+        "cnn = models.regnet_x_400mf(weights=None)",
+        "cnn = models.regnet_x_400mf(pretrained=False)",
+    ),
+    M(
+        "CaptioningRNN: captions outside the vocabulary not checked",
+        "test_bad_input",
+        "if low < 0 or high >= vocab_size:",
+        "if False:",
+    ),
+    M(
+        "CaptioningRNN: image shape not checked",
+        "test_bad_input",
+        "if images.dim() != 4 or images.shape[1] != 3:",
+        "if False:",
+    ),
 ]
 
 
@@ -334,11 +417,23 @@ def mutate(source: str, mutant: Mutant) -> Optional[str]:
     return source
 
 
-def test_files_for(mutant: Optional[Mutant]) -> List[str]:
-    """All module test files, the one expected to catch the mutant first."""
+def runs_for(mutant: Optional[Mutant]) -> Dict[str, Tuple[List[str], bool]]:
+    """
+    The pytest runs of a mutant: name -> (arguments, whether the run must fail).
+
+    The unmutated file must pass the grading tests and the checks beyond them;
+    a contract-breaking mutant must fail the grading tests (the file expected
+    to catch it first, to stop early with -x); a mutant that keeps the
+    contract must pass the grading tests and fail the checks beyond.
+    """
+    strict = ["--beyond", "strict"]
     if mutant is None:
-        return list(MODULE_TEST_FILES)
-    return [mutant.test_file] + [f for f in MODULE_TEST_FILES if f != mutant.test_file]
+        return {"grading": (list(GRADING_TEST_FILES), False), "beyond": ([*BEYOND_TEST_FILES, *strict], False)}
+    if mutant.beyond:
+        first = [mutant.test_file] + [f for f in BEYOND_TEST_FILES if f != mutant.test_file]
+        return {"grading": (list(GRADING_TEST_FILES), False), "beyond": ([*first, *strict], True)}
+    first = [mutant.test_file] + [f for f in GRADING_TEST_FILES if f != mutant.test_file]
+    return {"grading": (first, True)}
 
 
 def _pytest_child(args: List[str], log_file: str):
@@ -358,29 +453,27 @@ def _pytest_child(args: List[str], log_file: str):
         os._exit(code)
 
 
-def run_all(
-    jobs: Dict[str, Tuple[Path, List[str]]], max_jobs: int, tmp: Path
-) -> Dict[str, Tuple[int, Optional[str], str]]:
+def run_all(jobs: Dict[Tuple[str, str], Tuple[Path, List[str]]], max_jobs: int, tmp: Path):
     """
-    Run pytest for every job (name -> (impl file, test files)), max_jobs at a
-    time, each in a child process forked from this one: the child starts with
-    torch already imported, which halves the cost of a run.
+    Run pytest for every job ((mutant, run) -> (impl file, pytest arguments)),
+    max_jobs at a time, each in a child process forked from this one: the
+    child starts with torch already imported, which halves the cost of a run.
 
-    Returns name -> (exit code, first failing test or None, output tail).
+    Returns (mutant, run) -> (exit code, first failing test or None, output tail).
     """
     context = multiprocessing.get_context("fork")
     waiting = list(jobs.items())
     running, results = {}, {}
     while waiting or running:
         while waiting and len(running) < max_jobs:
-            name, (impl_file, files) = waiting.pop(0)
-            log_file = tmp / f"log{len(results) + len(running):02d}.txt"
+            key, (impl_file, files) = waiting.pop(0)
+            log_file = tmp / f"log{len(results) + len(running):03d}.txt"
             args = [*files, f"--impl={impl_file}", "-x", "-q", "--tb=no", "-rfE", "-p", "no:randomly", "-p", "no:xdist"]
             process = context.Process(target=_pytest_child, args=(args, str(log_file)))
             process.start()
-            running[name] = (process, log_file, time.monotonic())
+            running[key] = (process, log_file, time.monotonic())
         time.sleep(0.05)
-        for name, (process, log_file, started) in list(running.items()):
+        for key, (process, log_file, started) in list(running.items()):
             if process.is_alive() and time.monotonic() - started < RUN_TIMEOUT_S:
                 continue
             if process.is_alive():
@@ -388,9 +481,26 @@ def run_all(
             process.join()
             output = log_file.read_text()
             failed = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.MULTILINE)
-            results[name] = (process.exitcode, failed.group(1) if failed else None, output[-2000:])
-            del running[name]
+            results[key] = (process.exitcode, failed.group(1) if failed else None, output[-2000:])
+            del running[key]
     return results
+
+
+def verdict(runs: Dict[str, Tuple[List[str], bool]], results) -> Tuple[bool, str]:
+    """(whether every run of a mutant went as required, what to print): see runs_for."""
+    notes = []
+    ok = True
+    for run, (_, must_fail) in runs.items():
+        code, caught_by, tail = results[run]
+        if must_fail and code == 1 and caught_by:
+            notes.append(f"caught by {caught_by}")
+        elif not must_fail and code == 0:
+            notes.append(f"{run} tests pass")
+        else:
+            ok = False
+            expected = "fail" if must_fail else "pass"
+            notes.append(f"the {run} tests must {expected}; exit {code} {caught_by or ''}\n{tail if code not in (0, 1) or not must_fail else ''}")
+    return ok, "; ".join(notes)
 
 
 def main(argv=None) -> int:
@@ -403,45 +513,41 @@ def main(argv=None) -> int:
     source = Path(args.impl).read_text()
     mutants = [m for m in MUTANTS if not args.only or any(word in m.name for word in args.only)]
     started = time.monotonic()
-    ok = True
     stale = [m.name for m in mutants if mutate(source, m) is None]
+    live = [("(unmutated)", source, None)] + [(m.name, mutate(source, m), m) for m in mutants if m.name not in stale]
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         jobs = {}
-        for i, (name, text, mutant) in enumerate(
-            [("(unmutated)", source, None)] + [(m.name, mutate(source, m), m) for m in mutants if m.name not in stale]
-        ):
+        for i, (name, text, mutant) in enumerate(live):
             impl_file = tmp / f"mutant{i:02d}" / "rnn_lstm_captioning.py"
             impl_file.parent.mkdir()
             impl_file.write_text(text)
-            jobs[name] = (impl_file, test_files_for(mutant))
+            runs[name] = runs_for(mutant)
+            for run, (files, _) in runs[name].items():
+                jobs[(name, run)] = (impl_file, files)
         results = run_all(jobs, args.jobs, tmp)
 
-    width = max(len(name) for name in [*jobs, *stale]) + 2
-    print(f"{'mutant':<{width}} {'result':<8} test that caught it")
-    code, _, tail = results.pop("(unmutated)")
-    if code != 0:
-        ok = False
-        print(f"{'(unmutated)':<{width}} {'FAILS':<8} the unmutated file must pass:\n{tail}")
-    else:
-        print(f"{'(unmutated)':<{width}} {'passes':<8}")
-    for name in jobs:
-        if name == "(unmutated)":
-            continue
-        code, caught_by, tail = results[name]
-        if code == 1 and caught_by:
-            print(f"{name:<{width}} {'caught':<8} {caught_by}")
-        else:
-            ok = False
-            verdict = "MISSED" if code == 0 else f"exit {code}"
-            print(f"{name:<{width}} {verdict:<8} {tail if code != 0 else ''}")
+    width = max(len(name) for name in [*runs, *stale]) + 2
+    print(f"{'mutant':<{width}} {'result':<8} how")
+    ok = True
+    caught = 0
+    for name, mutant_runs in runs.items():
+        good, notes = verdict(mutant_runs, {run: results[(name, run)] for run in mutant_runs})
+        ok = ok and good
+        label = "passes" if name == "(unmutated)" else "caught"
+        caught += good and name != "(unmutated)"
+        print(f"{name:<{width}} {(label if good else 'MISSED'):<8} {notes}")
     for name in stale:
         ok = False
         print(
             f"{name:<{width}} {'STALE':<8} its text is not found (as often as expected): the mutation no longer applies"
         )
-    caught = sum(1 for code, by, _ in results.values() if code == 1 and by)
-    print(f"\n{caught} of {len(mutants)} mutants caught in {time.monotonic() - started:.0f} s")
+    beyond = sum(m.beyond for m in mutants)
+    print(
+        f"\n{caught} of {len(mutants)} mutants caught in {time.monotonic() - started:.0f} s "
+        f"({len(mutants) - beyond} by the grading tests alone, {beyond} keep the contract and are caught beyond it)"
+    )
     return 0 if ok else 1
 
 

@@ -20,6 +20,8 @@ from _grading import (
 )
 from _references import ifog_to_torch, torch_lstm
 
+pytestmark = pytest.mark.part("lstm")
+
 
 def lstm_with_bias(impl, D, H, dtype, seed=0):
     """An LSTM of the module under test with a non-zero bias, so that the bias is exercised."""

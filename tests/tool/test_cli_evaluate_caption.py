@@ -5,17 +5,15 @@ small untrained models (training is tested in test_cli_train.py).
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from _cli_data import tiny_checkpoint, write_tiny_data
+from _impl_process import impl_process
 from helper import caption as caption_cli
 from helper import evaluate as evaluate_cli
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +110,12 @@ def test_file_that_is_not_an_image_is_an_error_naming_it(checkpoints, image_file
     assert "notes.png is not an image" in _error(capsys)
 
 
-def test_caption_command_reports_bad_input_without_a_traceback(checkpoints, tmp_path):
+def test_caption_command_reports_bad_input_without_a_traceback(impl, checkpoints, tmp_path):
     # The one end-to-end run of a real `python -m` process.
+    env, cwd = impl_process(impl, tmp_path / "impl")
     completed = subprocess.run(
         [sys.executable, "-m", "helper.caption", str(checkpoints["lstm"]), str(tmp_path / "missing.jpg")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
     )
     assert completed.returncode == 1
     assert completed.stderr.startswith("error: ") and "missing.jpg" in completed.stderr

@@ -9,7 +9,6 @@ autocast (--no-fast), and with a global batch of 7 that splits into
 unequal shards (4 + 3, and 1 + 1 for the last one), so that the weighting of
 each process's loss by its share is checked too.
 """
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,21 +16,19 @@ from pathlib import Path
 import torch
 
 from _cli_data import TINY, write_tiny_data
+from _impl_process import impl_process
 from helper import train as train_cli
 from helper.checkpoint import load_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
-
-def _environment(impl, folder: Path) -> dict:
-    """The environment of the workers: the implementation under test importable as rnn_lstm_captioning."""
-    link_folder = folder / "impl"
-    link_folder.mkdir()
-    (link_folder / "rnn_lstm_captioning.py").symlink_to(Path(impl.__file__).resolve())
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(link_folder), str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"  # two processes on the machine's cores
-    return env
+def test_the_workers_import_the_implementation_under_test(impl, tmp_path):
+    env, cwd = impl_process(impl, tmp_path / "impl")
+    completed = subprocess.run(
+        [sys.executable, "-c", "import rnn_lstm_captioning; print(rnn_lstm_captioning.__file__)"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert Path(completed.stdout.strip()).resolve() == Path(impl.__file__).resolve()
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(impl, tmp_path):
@@ -39,10 +36,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(impl, tmp_path)
     options = [*TINY, "--batch-size", "7", "--cell", "attn", "--epochs", "2", "--freeze-encoder", "--data", str(data)]
 
     distributed = tmp_path / "distributed"
+    env, cwd = impl_process(impl, tmp_path / "impl")
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "helper.train", *options, "--out", str(distributed)],
-        cwd=REPO_ROOT, env=_environment(impl, tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     assert "x2 processes" in completed.stdout

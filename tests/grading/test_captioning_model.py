@@ -6,8 +6,6 @@ The model's parts are found by type (never by attribute name), and the tests
 recompute the model's results from those parts by hand.
 """
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from torch import nn
@@ -19,58 +17,20 @@ from _grading import (
     NULL,
     START,
     WORDVEC_DIM as W,
-    WORD_TO_IDX,
     check_close,
     check_tensor,
     expect,
     forward,
     Lazy,
     make_model,
-    method,
     modules_of_type,
     random_captions,
     random_images,
 )
-from _references import attention, temporal_loss
-from helper.decoding import model_parts
+from _captioning import CELL_TYPES, RECURRENT, V, check_greedy, for_sampling, parts_of, sample, teacher_forced
+from _references import temporal_loss
 
-CELL_TYPES = ["rnn", "lstm", "attn"]
-RECURRENT = {"rnn": "RNN", "lstm": "LSTM", "attn": "AttentionLSTM"}
-V = len(WORD_TO_IDX)
-
-
-def parts_of(model, cell_type):
-    """The model's parts, found by type (helper.decoding.model_parts), or a failure naming what is wrong."""
-    try:
-        parts = model_parts(model)
-    except ValueError as error:
-        pytest.fail(f"CaptioningRNN: {error}", pytrace=False)
-    if parts.cell_type != cell_type:
-        pytest.fail(
-            f'CaptioningRNN(cell_type="{cell_type}") must hold a {RECURRENT[cell_type]}; '
-            f"found a {type(parts.recurrent).__name__}",
-            pytrace=False,
-        )
-    return parts
-
-
-def initial_state(parts, cell_type, images):
-    """
-    By hand, from the parts: h0 (N, H) = feature projection of the mean of c5
-    for "rnn"/"lstm"; A (N, H, Da, Da) = the projection at every location for "attn".
-    """
-    c5 = forward(parts.encoder, images)
-    if cell_type == "attn":
-        return parts.feature_proj(c5.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    return parts.feature_proj(c5.mean(dim=(2, 3)))
-
-
-def teacher_forced(parts, cell_type, images, words_in):
-    """Scores (N, T, V) and hidden states (N, T, H) for input words (N, T), computed from the parts."""
-    state = initial_state(parts, cell_type, images)
-    h = forward(parts.recurrent, forward(parts.embedding, words_in), state)
-    return parts.output_proj(h), h, state
-
+pytestmark = pytest.mark.part("captioning")
 
 @pytest.fixture(scope="module")
 def models(impl):
@@ -150,14 +110,14 @@ def test_captioning_rnn_loss_reads_words_up_to_the_last_and_predicts_from_the_se
 def test_captioning_rnn_loss_trains_every_decoder_part(impl, cell_type):
     model = make_model(impl, cell_type, seed=3)
     parts = parts_of(model, cell_type)
-    for param in parts.encoder.parameters():
-        param.requires_grad_(False)  # saves the encoder's backward pass; the test is about the decoder
-    loss = forward(model, random_images(2, 32, seed=4), random_captions(2, 4, seed=5))
+    for weight in parts.encoder.parameters():
+        weight.requires_grad_(False)  # saves the encoder's backward pass; the test is about the decoder
+    loss = forward(model, random_images(2, seed=4), random_captions(2, 4, seed=5))
     loss.backward()
     for part in (parts.embedding, parts.recurrent, parts.feature_proj, parts.output_proj):
-        for param in part.parameters():
+        for weight in part.parameters():
             expect(
-                param.grad is not None and param.grad.abs().sum() > 0,
+                weight.grad is not None and weight.grad.abs().sum() > 0,
                 f"CaptioningRNN.forward: the loss has no gradient for a parameter of the {type(part).__name__}",
             )
 
@@ -165,7 +125,7 @@ def test_captioning_rnn_loss_trains_every_decoder_part(impl, cell_type):
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
 def test_captioning_rnn_works_in_float64(impl, cell_type):
     model = make_model(impl, cell_type, seed=6).double()
-    loss = forward(model, random_images(2, 32, seed=7), random_captions(2, 4, seed=8))
+    loss = forward(model, random_images(2, seed=7), random_captions(2, 4, seed=8))
     check_tensor("CaptioningRNN.forward in float64", loss, (), torch.float64)
     expect(torch.isfinite(loss), f"CaptioningRNN.forward in float64 gave {loss}")
 
@@ -177,39 +137,11 @@ def test_captioning_rnn_works_in_float64(impl, cell_type):
 
 @pytest.fixture(scope="module")
 def sampling_models(impl):
-    """
-    Per cell type a model whose output layer never picks <START> or <END>,
-    with no other bias and large weights, so that every greedy word depends
-    on the hidden state (with small random weights the bias alone would pick
-    the same word at every step, whatever the decoder does).
-    """
-
-    def make(cell_type):
-        model = make_model(impl, cell_type, seed=10)
-        output_proj = parts_of(model, cell_type).output_proj
-        with torch.no_grad():
-            output_proj.weight.mul_(20)
-            output_proj.bias.zero_()
-            output_proj.bias[START] = output_proj.bias[END] = -1000
-        return model
-
-    return {cell_type: Lazy(lambda cell_type=cell_type: make(cell_type)) for cell_type in CELL_TYPES}
-
-
-def sample(model, cell_type, images, **kwargs):
-    """model.sample; for "attn" also checks that it returns (captions, attn_weights)."""
-    result = method(model, "sample", images, **kwargs)
-    if cell_type == "attn":
-        if not isinstance(result, tuple) or len(result) != 2:
-            pytest.fail(
-                'CaptioningRNN.sample with cell_type="attn" must return (captions, attn_weights_all)', pytrace=False
-            )
-        return result
-    if isinstance(result, tuple):
-        pytest.fail(
-            f'CaptioningRNN.sample with cell_type="{cell_type}" must return captions only, not a tuple', pytrace=False
-        )
-    return result, None
+    """Per cell type a model for sampling (for_sampling) that never says <END>."""
+    return {
+        cell_type: Lazy(lambda cell_type=cell_type: for_sampling(make_model(impl, cell_type, seed=10), cell_type))
+        for cell_type in CELL_TYPES
+    }
 
 
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
@@ -232,46 +164,33 @@ def test_sample_returns_generated_words_of_max_length(impl, sampling_models, cel
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
 def test_sample_is_greedy_each_word_is_the_argmax_given_the_words_before(impl, sampling_models, cell_type):
     model = sampling_models[cell_type].get()
-    parts = parts_of(model, cell_type)
     images = random_images(4, seed=12)
     captions, attn_weights = sample(model, cell_type, images, max_length=8)
     check_tensor("CaptioningRNN.sample captions", captions, (4, 8), torch.int64)
-    words_in = torch.cat([torch.full((4, 1), START), captions[:, :-1]], dim=1)
+    check_greedy(model, cell_type, images, captions, attn_weights)
+
+
+@pytest.mark.parametrize("cell_type", CELL_TYPES)
+def test_sample_goes_on_with_each_caption_until_its_own_end(impl, cell_type):
+    # <END>'s bias is set between the images' first-word margins, so that
+    # some captions end at once and the others go on: a caption that has
+    # ended must not end the others.
+    model = for_sampling(make_model(impl, cell_type, seed=15), cell_type, end_bias=0.0)
+    parts = parts_of(model, cell_type)
+    images = random_images(6, seed=16)
     with torch.no_grad():
-        scores, h, state = teacher_forced(parts, cell_type, images, words_in)
-    picked = scores.gather(2, captions.unsqueeze(2)).squeeze(2)
-    best, best_words = scores.max(dim=2)
-    for n in range(4):
-        for t in range(8):
-            if picked[n, t] < best[n, t] - 1e-4 * (1 + best[n, t].abs()):
-                pytest.fail(
-                    f'CaptioningRNN.sample ("{cell_type}"): word {t} of caption {n} is {int(captions[n, t])}, '
-                    f"but given <START> and the words sampled before it the most likely word is "
-                    f"{int(best_words[n, t])}",
-                    pytrace=False,
-                )
-    if cell_type == "attn":
-        check_tensor("CaptioningRNN.sample attn_weights_all", attn_weights, (4, 8, 4, 4))
-        expect(
-            attn_weights.device.type == "cpu",
-            f"CaptioningRNN.sample attn_weights_all must be on the CPU, got {attn_weights.device}",
-        )
-        A = state
-        prev_h = torch.cat([A.mean(dim=(2, 3)).unsqueeze(1), h[:, :-1]], dim=1)  # (N, T, H), the query of each step
-        expected = torch.stack([attention(prev_h[:, t], A)[1] for t in range(8)], dim=1)
-        check_close(
-            "CaptioningRNN.sample attn_weights_all summed over the grid",
-            attn_weights.sum(dim=(2, 3)),
-            torch.ones(4, 8),
-            atol=1e-5,
-        )
-        check_close(
-            "CaptioningRNN.sample attn_weights_all (the weights used to generate each word)",
-            attn_weights,
-            expected,
-            rtol=1e-4,
-            atol=1e-5,
-        )
+        first, _, _ = teacher_forced(parts, cell_type, images, torch.full((6, 1), START))
+    first = first[:, 0]  # (N, V), <END>'s bias still 0
+    others = first.clone()
+    others[:, END] = -float("inf")
+    margins = (others.max(dim=1).values - first[:, END]).sort().values  # <END> wins where its bias is larger
+    gaps = margins[2:5] - margins[1:4]  # split between 2-4 ending captions, where the margins lie farthest apart
+    split = int(gaps.argmax()) + 1
+    with torch.no_grad():
+        parts.output_proj.bias[END] = float(margins[split] + margins[split + 1]) / 2
+    captions, attn_weights = sample(model, cell_type, images, max_length=6)
+    check_tensor("CaptioningRNN.sample captions", captions, (6, 6), torch.int64)
+    check_greedy(model, cell_type, images, captions, attn_weights)
 
 
 # The devices of this machine: the CUDA case runs where there is a GPU.

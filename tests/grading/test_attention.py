@@ -20,6 +20,8 @@ from _grading import (
 )
 from _references import attention, attention_lstm, lstm_step
 
+pytestmark = pytest.mark.part("attention")
+
 # ---------------------------------------------------------------------------
 # dot_product_attention
 # ---------------------------------------------------------------------------
@@ -45,7 +47,7 @@ def test_dot_product_attention_matches_direct_softmax_computation(impl, dtype):
 
 
 def test_dot_product_attention_weights_sum_to_one_over_locations(impl):
-    N, H, Da = 2, 4, 3
+    N, H, Da = 2, 4, 4
     prev_h, A = randn(N, H, seed=2, scale=3), randn(N, H, Da, Da, seed=3)
     _, weights = call(impl, "dot_product_attention", prev_h, A)
     check_close(
@@ -55,7 +57,7 @@ def test_dot_product_attention_weights_sum_to_one_over_locations(impl):
 
 
 def test_dot_product_attention_gradient_matches_numeric(impl):
-    prev_h, A = randn(2, 3, seed=4), randn(2, 3, 2, 2, seed=5)
+    prev_h, A = randn(2, 3, seed=4), randn(2, 3, 4, 4, seed=5)
     call(impl, "dot_product_attention", prev_h, A)
     check_gradcheck(
         "dot_product_attention",
@@ -129,7 +131,7 @@ def test_attention_lstm_step_forward_adds_attention_to_the_gates(impl, dtype):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_attention_lstm_forward_matches_reference_loop(impl, dtype):
-    N, T, D, H, Da = 2, 4, 3, 4, 3
+    N, T, D, H, Da = 2, 4, 3, 4, 4
     lstm = attention_lstm_with_bias(impl, D, H, dtype, seed=7)
     x, A = randn(N, T, D, dtype=dtype, seed=8), randn(N, H, Da, Da, dtype=dtype, seed=9)
     with torch.no_grad():
@@ -150,7 +152,7 @@ def test_attention_lstm_forward_matches_reference_loop(impl, dtype):
 
 
 def test_attention_lstm_gradients_match_numeric(impl):
-    N, T, D, H, Da = 2, 2, 2, 2, 2
+    N, T, D, H, Da = 2, 2, 2, 2, 4
     lstm = attention_lstm_with_bias(impl, D, H, torch.float64, seed=10)
     x, A = randn(N, T, D, seed=11), randn(N, H, Da, Da, seed=12)
     forward(lstm, x, A)

@@ -94,7 +94,7 @@ def test_load_coco_captions_prints_keys_like_the_assignment(tmp_path, capsys):
 
 def test_data_dir_comes_from_the_environment_or_the_repo(monkeypatch, tmp_path):
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    assert default_data_dir() == Path(__file__).resolve().parent.parent / "datasets"
+    assert default_data_dir() == Path(__file__).resolve().parents[2] / "datasets"
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
     assert default_data_dir() == tmp_path
 

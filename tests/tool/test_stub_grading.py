@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from _grading import API_NAMES, MODULE_TEST_FILES, expect, Lazy, run
+from _grading import API_NAMES, GRADING_TEST_FILES, expect, Lazy, run
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^([ \t]*)# BEGIN SOLUTION[^\n]*\n.*?^[ \t]*# END SOLUTION[^\n]*$", re.MULTILINE | re.DOTALL)
 # What the student writes first in each part: a full stub must name each.
 FIRST_TO_WRITE = [
@@ -84,7 +84,7 @@ def test_stub_file_gives_ordinary_failures_that_name_the_functions(impl, tmp_pat
     stub.write_text(make_stub(source, "raise NotImplementedError"))
     # The encoder's tests take a third of the time; they only matter when the student writes part of it.
     files = [
-        f for f in MODULE_TEST_FILES if class_has_solution(source, "ImageEncoder") or not f.endswith("test_encoder.py")
+        f for f in GRADING_TEST_FILES if class_has_solution(source, "ImageEncoder") or not f.endswith("test_encoder.py")
     ]
     junit = tmp_path / "stub.xml"
     result = run_suite_on(stub, files, junit)

@@ -21,6 +21,8 @@ from _grading import (
 from _references import rnn_loop, rnn_step, torch_rnn
 from helper.gradcheck import compute_numeric_gradient, rel_error
 
+pytestmark = pytest.mark.part("rnn")
+
 # D != H catches a gradient transposed or taken against the wrong weight by
 # its shape; D == H catches the same bugs by value.
 SIZES = [pytest.param(3, 5, id="D3-H5"), pytest.param(4, 4, id="D4-H4")]
