@@ -152,6 +152,10 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b):
     - cache: what the backward pass needs
     """
     # BEGIN SOLUTION
+    # HINT: TODO: one step of the vanilla RNN.
+    # HINT: 1. The pre-activation, (N, H): x times Wx, plus prev_h times Wh, plus b (matrix products: @).
+    # HINT: 2. next_h is its tanh (torch.tanh).
+    # HINT: 3. cache: a tuple of what rnn_step_backward needs (the inputs, the weights, and next_h).
     next_h = torch.tanh(x @ Wx + prev_h @ Wh + b)
     cache = (x, prev_h, Wx, Wh, next_h)
     # END SOLUTION
@@ -174,6 +178,14 @@ def rnn_step_backward(dnext_h, cache):
     - db: gradient of the biases, (H,)
     """
     # BEGIN SOLUTION
+    # HINT: TODO: the backward pass of one RNN step, by hand (no autograd).
+    # HINT: 1. Unpack what rnn_step_forward put in cache.
+    # HINT: 2. The gradient of the pre-activation a, (N, H): dnext_h times the derivative of tanh at a,
+    # HINT:    which is 1 - tanh(a)^2, and tanh(a) is next_h.
+    # HINT: 3. x, prev_h, Wx and Wh enter a through matrix products: the gradient of each factor is the
+    # HINT:    gradient of a multiplied by the transpose of the other factor. Check the shapes:
+    # HINT:    dx (N, D), dprev_h (N, H), dWx (D, H), dWh (H, H).
+    # HINT: 4. b is added to every row of the batch: db is the gradient of a summed over the batch, (H,).
     x, prev_h, Wx, Wh, next_h = cache
     # d tanh(a) / da = 1 - tanh(a)^2, and tanh(a) is next_h itself.
     da = dnext_h * (1 - next_h**2)
@@ -202,6 +214,11 @@ def rnn_forward(x, h0, Wx, Wh, b):
     - cache: what the backward pass needs
     """
     # BEGIN SOLUTION
+    # HINT: TODO: run rnn_step_forward over the T time steps.
+    # HINT: 1. Start from h0; at step t feed x[:, t], (N, D), and the hidden state of the previous step.
+    # HINT: 2. Keep every next_h and every step's cache.
+    # HINT: 3. h: the hidden states stacked along dim 1 (torch.stack), (N, T, H);
+    # HINT:    cache: what rnn_backward needs, for example the list of the step caches.
     T = x.shape[1]
     prev_h = h0
     hs, step_caches = [], []
@@ -232,6 +249,13 @@ def rnn_backward(dh, cache):
     - db: gradient of the biases, (H,)
     """
     # BEGIN SOLUTION
+    # HINT: TODO: backpropagation through time, with rnn_step_backward.
+    # HINT: 1. Walk the steps backwards, t = T - 1, ..., 0.
+    # HINT: 2. The gradient that reaches h_t is dh[:, t] plus the gradient of h_t that step t + 1 passed
+    # HINT:    back as its dprev_h (nothing at the last step).
+    # HINT: 3. Call rnn_step_backward with that sum and the cache of step t; keep its dx_t, and add up
+    # HINT:    its dWx, dWh and db over all the steps.
+    # HINT: 4. dx: the dx_t stacked along dim 1, (N, T, D); dh0: the dprev_h of step 0, (N, H).
     T = dh.shape[1]
     dxs = [None] * T
     dprev_h = torch.zeros_like(dh[:, 0])
@@ -317,6 +341,10 @@ class WordEmbedding(nn.Module):
         - out: word vectors, (N, T, W)
         """
         # BEGIN SOLUTION
+        # HINT: TODO: look up the word vectors.
+        # HINT: 1. Row i of the table self.W_embed, (V, W), is the vector of word i.
+        # HINT: 2. Index the table with x, (N, T), to get (N, T, W): integer-tensor indexing does it at once,
+        # HINT:    without a loop.
         out = self.W_embed[x]
         # END SOLUTION
         return out
@@ -336,6 +364,12 @@ def temporal_softmax_loss(x, y, ignore_index=None):
     - loss: scalar tensor
     """
     # BEGIN SOLUTION
+    # HINT: TODO: the cross-entropy at every step, summed over time, averaged over the batch.
+    # HINT: 1. Flatten the scores to (N * T, V) and the targets to (N * T,).
+    # HINT: 2. Sum the cross-entropy of every (sample, step) with F.cross_entropy(..., reduction="sum");
+    # HINT:    targets equal to ignore_index must add nothing (F.cross_entropy has an argument for that;
+    # HINT:    when ignore_index is None nothing is ignored).
+    # HINT: 3. Divide the sum by N, the batch size, and return the scalar tensor.
     N, T, V = x.shape
     loss = F.cross_entropy(
         x.reshape(N * T, V),
@@ -367,6 +401,10 @@ def lstm_cell(a, prev_c):
     - next_c: next cell state, (N, H)
     """
     # BEGIN SOLUTION
+    # HINT: TODO: the LSTM update from the gate pre-activations (used by LSTM and AttentionLSTM).
+    # HINT: 1. Split a, (N, 4H), into four (N, H) blocks, in the order i, f, o, g (for example with chunk).
+    # HINT: 2. i, f and o are the sigmoid of their blocks (torch.sigmoid); g is the tanh of its block.
+    # HINT: 3. The new cell state is f * c_{t-1} + i * g; the new hidden state is o * tanh(c_t).
     ai, af, ao, ag = a.chunk(4, dim=1)
     i, f, o = torch.sigmoid(ai), torch.sigmoid(af), torch.sigmoid(ao)
     g = torch.tanh(ag)
@@ -406,6 +444,9 @@ class LSTM(nn.Module):
         - next_c: next cell state, (N, H)
         """
         # BEGIN SOLUTION
+        # HINT: TODO: one LSTM step.
+        # HINT: 1. The gate pre-activations, (N, 4H): x times self.Wx, plus prev_h times self.Wh, plus self.b.
+        # HINT: 2. Turn them into next_h and next_c with lstm_cell (above).
         a = x @ self.Wx + prev_h @ self.Wh + self.b
         next_h, next_c = lstm_cell(a, prev_c)
         # END SOLUTION
@@ -423,6 +464,11 @@ class LSTM(nn.Module):
         - hn: hidden states of all time steps, (N, T, H)
         """
         # BEGIN SOLUTION
+        # HINT: TODO: the LSTM over the whole sequence.
+        # HINT: 1. Start from h0 and a cell state of zeros of the same shape (torch.zeros_like).
+        # HINT: 2. At every step t, run one step on x[:, t] (as in step_forward) and keep the new hidden state.
+        # HINT: 3. hn: the hidden states stacked along dim 1, (N, T, H).
+        # HINT:    (Faster: the x part of the pre-activations of all steps is one product before the loop.)
         # The input part of the pre-activations does not depend on the
         # recurrence: one matrix product covers all T steps.
         x_proj = x @ self.Wx + self.b  # (N, T, 4H)
@@ -457,6 +503,13 @@ def dot_product_attention(prev_h, A):
     - attn_weights: attention weights, (N, Da, Da), summing to one over the grid
     """
     # BEGIN SOLUTION
+    # HINT: TODO: scaled dot-product attention over the Da x Da grid of locations.
+    # HINT: 1. Read N, H and Da from A.shape, and flatten the grid: (N, H, Da * Da), one H-vector per location.
+    # HINT: 2. The scores, (N, Da * Da): the dot product of prev_h with every location vector, divided by
+    # HINT:    sqrt(H); a batched matrix product (torch.bmm) with prev_h as (N, 1, H) computes them all.
+    # HINT: 3. The weights: the softmax of the scores over the locations.
+    # HINT: 4. attn, (N, H): the location vectors weighted by the weights and summed (torch.bmm again).
+    # HINT: 5. Return attn and the weights reshaped to (N, Da, Da).
     N, H, Da, _ = A.shape
     A_flat = A.reshape(N, H, Da * Da)  # (N, H, L): one H-vector per location
     # Dividing by sqrt(H) keeps the scores' scale independent of H, so the
@@ -501,6 +554,9 @@ class AttentionLSTM(nn.Module):
         - next_c: next cell state, (N, H)
         """
         # BEGIN SOLUTION
+        # HINT: TODO: one step of the attention LSTM.
+        # HINT: 1. The gate pre-activations as in LSTM.step_forward, plus attn times self.Wattn.
+        # HINT: 2. Turn them into next_h and next_c with lstm_cell.
         a = x @ self.Wx + prev_h @ self.Wh + attn @ self.Wattn + self.b
         next_h, next_c = lstm_cell(a, prev_c)
         # END SOLUTION
@@ -519,6 +575,11 @@ class AttentionLSTM(nn.Module):
         - hn: hidden states of all time steps, (N, T, H)
         """
         # BEGIN SOLUTION
+        # HINT: TODO: the attention LSTM over the whole sequence.
+        # HINT: 1. The initial hidden and cell states are both the mean of A over its grid (dims 2 and 3), (N, H).
+        # HINT: 2. At every step t: the attention of the previous hidden state, dot_product_attention(prev_h, A),
+        # HINT:    then one step (self.step_forward) on x[:, t] with that attn; keep the new hidden state.
+        # HINT: 3. hn: the hidden states stacked along dim 1, (N, T, H).
         x_proj = x @ self.Wx + self.b  # (N, T, 4H), all steps at once
         prev_h = prev_c = A.mean(dim=(2, 3))
         hs = []
@@ -589,6 +650,13 @@ class CaptioningRNN(nn.Module):
         self.ignore_index = ignore_index
 
         # BEGIN SOLUTION
+        # HINT: TODO: create the model's pieces; they hold all of its parameters (add no others).
+        # HINT: 1. self.image_encoder: ImageEncoder with pretrained=image_encoder_pretrained and verbose=False.
+        # HINT: 2. self.feat_proj: nn.Linear from input_dim to hidden_dim, for the image features
+        # HINT:    (self._encode, which you write below, uses these two).
+        # HINT: 3. self.embedding: WordEmbedding of vocab_size words of size wordvec_dim.
+        # HINT: 4. self.rnn: RNN, LSTM or AttentionLSTM, as cell_type says, from wordvec_dim to hidden_dim.
+        # HINT: 5. self.output_proj: nn.Linear from hidden_dim to vocab_size, hidden states to word scores.
         self.image_encoder = ImageEncoder(pretrained=image_encoder_pretrained, verbose=False)
         self.feat_proj = nn.Linear(input_dim, hidden_dim)
         self.embedding = WordEmbedding(vocab_size, wordvec_dim)
@@ -618,6 +686,13 @@ class CaptioningRNN(nn.Module):
         captions_out = captions[:, 1:]
 
         # BEGIN SOLUTION
+        # HINT: TODO: the training loss, with teacher forcing.
+        # HINT: 1. self._encode(images) (you write it below) gives h0, (N, H), for "rnn" and "lstm", and
+        # HINT:    the grid A, (N, H, 4, 4), for "attn": either is what self.rnn takes after the word vectors.
+        # HINT: 2. Embed captions_in: (N, T, W).
+        # HINT: 3. Run self.rnn over the word vectors: (N, T, H).
+        # HINT: 4. The scores over the vocabulary, from self.output_proj: (N, T, V).
+        # HINT: 5. loss: temporal_softmax_loss of the scores against captions_out, with self.ignore_index.
         h0_or_A = self._encode(images)
         x = self.embedding(captions_in)  # (N, T, W)
         h = self.rnn(x, h0_or_A)  # (N, T, H)
@@ -635,12 +710,22 @@ class CaptioningRNN(nn.Module):
         - for "rnn" and "lstm": initial hidden state h0, (N, H)
         - for "attn": projected feature grid A, (N, H, Da, Da)
         """
+        # BEGIN SOLUTION
+        # HINT: TODO: what the decoder sees of the images.
+        # HINT: 1. The c5 features of the images from your image encoder, (N, D, Da, Da).
+        # HINT: 2. "rnn" and "lstm": average them over the grid, (N, D), and project them with your
+        # HINT:    feature projection (nn.Linear(D, H)): h0, (N, H).
+        # HINT: 3. "attn": project every location's D-vector with the same nn.Linear. An nn.Linear acts on
+        # HINT:    the last axis: move the channels last (permute), project, and move them back: A, (N, H, Da, Da).
         features = self.image_encoder(images)  # (N, D, Da, Da)
         if self.cell_type == "attn":
             # Project each location's D-vector with the same linear layer.
             A = self.feat_proj(features.permute(0, 2, 3, 1))  # (N, Da, Da, H)
-            return A.permute(0, 3, 1, 2)
-        return self.feat_proj(features.mean(dim=(2, 3)))
+            h0_or_A = A.permute(0, 3, 1, 2)
+        else:
+            h0_or_A = self.feat_proj(features.mean(dim=(2, 3)))
+        # END SOLUTION
+        return h0_or_A
 
     @torch.no_grad()
     def sample(self, images, max_length=15):
@@ -666,6 +751,15 @@ class CaptioningRNN(nn.Module):
         attn_weights_all = None
 
         # BEGIN SOLUTION
+        # HINT: TODO: greedy decoding, one word at a time.
+        # HINT: 1. Encode the images with self._encode. For "rnn" and "lstm" it gives h, and the cell state c
+        # HINT:    starts at zeros; for "attn" it gives A, h and c both start at the mean of A over its grid,
+        # HINT:    and attn_weights_all is zeros of shape (N, max_length, Da, Da) on the CPU.
+        # HINT: 2. The first input is the word <START> (self._start) for every image: (N,) word indices.
+        # HINT: 3. At every step t: embed the current words into (N, W) vectors; run one step of self.rnn
+        # HINT:    (step_forward); for "attn" first compute attn and its weights with dot_product_attention(h, A)
+        # HINT:    and store the weights in attn_weights_all[:, t]; the scores are self.output_proj(h), (N, V).
+        # HINT: 4. The next word is the argmax of the scores: write it to captions[:, t] and feed it in next.
         h0_or_A = self._encode(images)
         if self.cell_type == "attn":
             A = h0_or_A

@@ -22,7 +22,9 @@ run killed while saving leaves the previous checkpoint intact. They are read
 with torch.load(weights_only=True): a file can hold tensors and plain
 containers, never code, so loading a foreign file is safe.
 """
+import contextlib
 import random
+import sys
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -160,10 +162,13 @@ def build_model(checkpoint: dict, module=None) -> nn.Module:
     """
     if module is None:
         import rnn_lstm_captioning as module
-    # The weights come from the checkpoint: no need for ImageNet's.
-    model = module.CaptioningRNN(
-        checkpoint["vocab"]["token_to_idx"], image_encoder_pretrained=False, **checkpoint["model_config"]
-    )
+    # The weights come from the checkpoint: no need for ImageNet's. What a
+    # module prints while it builds (the standard encoder prints its c5
+    # shape) goes to stderr: the commands' stdout is their output.
+    with contextlib.redirect_stdout(sys.stderr):
+        model = module.CaptioningRNN(
+            checkpoint["vocab"]["token_to_idx"], image_encoder_pretrained=False, **checkpoint["model_config"]
+        )
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 

@@ -281,20 +281,20 @@ MUTANTS: List[Mutant] = [
     M(
         "CaptioningRNN: h0 not used (zeros)",
         "test_captioning_model",
-        "return self.feat_proj(features.mean(dim=(2, 3)))",
-        "return 0 * self.feat_proj(features.mean(dim=(2, 3)))",
+        "h0_or_A = self.feat_proj(features.mean(dim=(2, 3)))",
+        "h0_or_A = 0 * self.feat_proj(features.mean(dim=(2, 3)))",
     ),
     M(
         "CaptioningRNN: h0 from the top-left cell, not the mean",
         "test_captioning_model",
-        "return self.feat_proj(features.mean(dim=(2, 3)))",
-        "return self.feat_proj(features[:, :, 0, 0])",
+        "h0_or_A = self.feat_proj(features.mean(dim=(2, 3)))",
+        "h0_or_A = self.feat_proj(features[:, :, 0, 0])",
     ),
     M(
         "CaptioningRNN (attn): grid A transposed",
         "test_captioning_model",
-        "return A.permute(0, 3, 1, 2)",
-        "return A.permute(0, 3, 2, 1)",
+        "h0_or_A = A.permute(0, 3, 1, 2)",
+        "h0_or_A = A.permute(0, 3, 2, 1)",
     ),
     M(
         "CaptioningRNN: an extra parameter",

@@ -51,6 +51,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(impl, tmp_path)
     expected, got = (load_checkpoint(p / "last.pt") for p in (single, distributed))
     assert expected["epoch"] == got["epoch"] == 2
     for name, value in expected["model"].items():
-        assert torch.allclose(got["model"][name], value, rtol=1e-4, atol=1e-6), name
+        # Relative to each tensor's scale: the processes sum in another order (one thread each), and
+        # folding the feature standardisation into the projection scales those roundings up by as
+        # much as the inverse of the smallest feature deviation.
+        error = (got["model"][name].double() - value.double()).abs().max().item() if value.numel() else 0.0
+        assert error <= 1e-4 * value.double().abs().max().item() + 1e-6, (name, error)
     # Rank 0 alone wrote the outputs, once.
     assert {p.name for p in distributed.iterdir()} == {"best.pt", "last.pt", "metrics.json", "samples.png"}
