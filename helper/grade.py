@@ -8,7 +8,8 @@ A submission is a folder, a `rnn_lstm_captioning.py` file, or the zip of
 model). Writes grades.csv (one row per submission: points per rubric part,
 notebook, model, total, status, reason) and, in grades/NAME/ next to it,
 feedback.txt (each failed check and what it expected) and results.json
-(Gradescope's autograder format).
+(Gradescope's autograder format); for 2+ submissions, similarity.csv and
+similarity.html next to the CSV (helper.similarity; off with --no-similarity).
 
 For each submission, in a scratch folder of its own, in its own processes,
 several submissions at once (--jobs, default: the cores):
@@ -61,7 +62,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from . import grade_checks, grade_model, grade_notebook, grade_report
+from . import grade_checks, grade_model, grade_notebook, grade_report, similarity
 from .cli import run_command
 from .rubric import PARTS, TOTAL_POINTS
 from .sandbox import Limits, bwrap_path, run_limited, sandbox_note
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sandbox", action="store_true", help="do not use bubblewrap even where it works")
     p.add_argument("--keep-scratch", action="store_true", help="keep the scratch folders (for debugging)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-similarity", action="store_true",
+                   help="no similarity report (similarity.csv/.html next to the CSV, for 2+ submissions)")
     return p
 
 
@@ -221,6 +224,7 @@ def _grade_in(scratch: Path, source: Path, grade: dict, options) -> None:
     for folder in ("work", "home", "tmp", "out", "suite", "job"):
         (scratch / folder).mkdir()
     files = unpack(source, scratch / "work")
+    similarity.keep_module(options, grade["name"], files["module"])
     limits = Limits(options.time_limit, int(options.memory_gb * (1 << 30)))
     env = child_env(scratch, scratch / "suite", options.threads, options.test_timeout)
     reasons = list(files["problems"])
@@ -374,6 +378,7 @@ def complete_options(options) -> argparse.Namespace:
     options.threads = max(1, (os.cpu_count() or 1) // options.jobs)
     options.data_cache = {}
     options.lock = threading.Lock()
+    similarity.enable(options)
     return options
 
 
@@ -390,6 +395,9 @@ def grade_command(args: argparse.Namespace) -> None:
     for grade in grades:
         print(f"{grade['name']:<24} {grade['total']:7.2f} / {grade['max_total']:.2f}  {grade['status']}"
               + (f"  ({grade['reason'][:120]})" if grade["reason"] else ""))
+    similarity_line = similarity.batch_report(options, options.out.parent)
+    if similarity_line:
+        print(similarity_line)
     if digest and grade_checks.tree_digest(grade_checks.REPO / "tests") != digest:
         print("WARNING: the repository's tests/ changed during grading "
               "(without a sandbox a submission can write there; or someone edited them meanwhile)")

@@ -18,7 +18,6 @@ entered the sandbox: BLEU-4, CIDEr-D and the share of exact matches
 (helper.metrics). Points follow a threshold table: the most points of a row
 whose metric reaches its threshold.
 """
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from .checkpoint import describe, load_checkpoint
 from .data import load_dataset, references_by_image
 from .metrics import caption_metrics, tokenize
 from .decoding import decode_captions
+from .utils import import_file
 
 MAX_WEIGHTS_BYTES = 500 << 20
 DEFAULT_TABLE = "exact>=0.5:10,exact>=0.25:7,cider>=3:4,cider>=1:2"
@@ -142,20 +142,11 @@ def score_captions(out: Path, prepared: dict) -> Dict[str, float]:
     return metrics
 
 
-def load_module(path: Path):
-    """Import the submission's module from its file, as rnn_lstm_captioning."""
-    spec = importlib.util.spec_from_file_location("rnn_lstm_captioning", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["rnn_lstm_captioning"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def caption_job(module_path: Path, job_path: Path, out: Path, batch_size: int = 100) -> None:
     """The child's work (see the module docstring): build, load, caption, save."""
     from .decoding import generate_captions
 
-    module = load_module(module_path)
+    module = import_file(module_path)
     job = torch.load(job_path, weights_only=True)
     model = module.CaptioningRNN(job["word_to_idx"], image_encoder_pretrained=False, **job["config"])
     model.load_state_dict(job["state"])

@@ -42,7 +42,7 @@ MODULE = "rnn_lstm_captioning.py"
 NOTEBOOK = "rnn_lstm_captioning.ipynb"
 BEGIN, END, HINT = "# BEGIN SOLUTION", "# END SOLUTION", "# HINT:"
 # Every module of helper/ is either for students (it goes into the kit) or for the instructor only
-# (the kit maker, the batch grader and its sandbox, the GPU check that runs the grading tests). A
+# (the kit maker, the batch grader, its sandbox and similarity report, the GPU check that runs the grading tests). A
 # module in neither list stops the release: leaking an instructor's tool must be a decision.
 KIT_HELPERS = {
     "__init__", "bench", "caption", "checkpoint", "cli", "coco", "data", "decoding", "demo", "evaluate",
@@ -50,7 +50,7 @@ KIT_HELPERS = {
     "public_checks_parts", "public_expected", "rubric", "selfcheck", "shapes", "submit", "train", "training",
     "utils",
 }
-INSTRUCTOR_ONLY = re.compile(r"^(release|grade|grade_\w+|grading|sandbox|gpu_check|gpu_compare)$")
+INSTRUCTOR_ONLY = re.compile(r"^(release|grade|grade_\w+|grading|sandbox|similarity|gpu_check|gpu_compare)$")
 # Cells whose outputs vary or come from long runs: their stored outputs are never kept.
 UNSAFE_MARKERS = ("# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP")
 TOP_FILES = ("requirements.txt", "pytest.ini")

@@ -19,6 +19,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +89,22 @@ def sandbox_note(bwrap: Optional[str]) -> str:
     )
 
 
+def _needed_under_tmp() -> list:
+    """The virtual environment and the repository (helper/'s parent) when they are under /tmp."""
+    needed = {Path(sys.prefix).resolve(), Path(__file__).resolve().parent.parent}
+    return sorted(path for path in needed if Path("/tmp") in path.parents)
+
+
 def bwrap_command(bwrap: str, scratch: Path, read_only: Sequence[Path], cwd: Path) -> list:
     """The bwrap prefix: / read-only, empty /tmp, scratch writable, read_only folders in it read-only."""
     command = [
         bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-        "--bind", str(scratch), str(scratch),
     ]
+    # The empty /tmp must not hide the interpreter and this package, should they live there (a clone
+    # in /tmp, as CI's may be): bound back read-only.
+    for path in _needed_under_tmp():
+        command += ["--ro-bind", str(path), str(path)]
+    command += ["--bind", str(scratch), str(scratch)]
     for path in read_only:
         command += ["--ro-bind", str(path), str(path)]
     command += [

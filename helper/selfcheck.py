@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from . import rubric
+from .utils import import_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODULE = ROOT / "rnn_lstm_captioning.py"
@@ -38,17 +39,6 @@ STATUS_ORDER = ("pass", "todo", "fail", "error", "stop")
 
 
 # ------------------------------------------------------------------ in the worker process
-def _load(path: Path):
-    """Import the module at path as rnn_lstm_captioning (so helper code sees it too)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rnn_lstm_captioning", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["rnn_lstm_captioning"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _where(error: BaseException, path: Path) -> str:
     """' (rnn_lstm_captioning.py, line N, in f)' for the innermost frame in the student's file, or ''."""
     frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == path.resolve()]
@@ -93,7 +83,7 @@ def run_part(module_path: Path, part_key: str, result_path: Path) -> None:
     checks = all_checks()[part_key]
     results = []
     try:
-        module = _load(module_path)
+        module = import_file(module_path)
     except BaseException as error:  # SyntaxError, ImportError, SystemExit, ...: every check of the part is blocked
         detail = f"cannot import {module_path.name}: {type(error).__name__}: {error}{_where(error, module_path)}"
         _write_json(result_path, [{"check": name, "status": "error", "detail": detail} for name, _ in checks])
@@ -198,7 +188,7 @@ def record_expected(module_path: Path = DEFAULT_MODULE) -> Path:
     from .public_checks import all_checks
 
     public_checks.RECORD = True
-    module = _load(Path(module_path).resolve())
+    module = import_file(Path(module_path).resolve())
     for checks in all_checks().values():
         for name, function in checks:
             outcome = _outcome(function, module, Path(module_path))

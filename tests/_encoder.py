@@ -48,16 +48,6 @@ WEIGHT_FILES = [
 ]
 
 
-@pytest.fixture
-def hub_dir(tmp_path, monkeypatch):
-    """An empty torch hub directory under tmp_path, for torchvision's weight cache."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # restored afterwards; set_dir changes it
-    torch.hub.set_dir(str(hub))
-    return hub
-
-
 def forbid_network(monkeypatch, error):
     """Make every urlopen raise error."""
 
@@ -66,3 +56,18 @@ def forbid_network(monkeypatch, error):
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     monkeypatch.setattr(torch.hub, "urlopen", urlopen)
+
+
+def cache_random_weights(hub_dir, seed=8) -> dict:
+    """
+    A random RegNetX-400MF state dict placed in torchvision's cache under
+    hub_dir as both of its ImageNet weight files (so either version loads
+    it), offline. Returns the state dict.
+    """
+    torch.manual_seed(seed)
+    cached = torchvision.models.regnet_x_400mf(weights=None).state_dict()
+    checkpoints = hub_dir / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(cached, checkpoints / WEIGHT_FILES[0])
+    os.link(checkpoints / WEIGHT_FILES[0], checkpoints / WEIGHT_FILES[1])
+    return cached

@@ -24,13 +24,13 @@ summary), and does not fail the run, unless `--beyond strict` (or
 CAPTIONING_BEYOND=strict) is given: CI gives it for this project's module.
 `--grade-json FILE` writes the grade: points per part and per test.
 """
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch.hub
 
 # Before the module under test is imported: _grading takes its private
 # references to the comparison functions, and the snapshot records torch's.
@@ -41,8 +41,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMPL = REPO_ROOT / "rnn_lstm_captioning.py"
 sys.path.insert(0, str(REPO_ROOT))
 from helper import rubric  # noqa: E402
+from helper.utils import import_file  # noqa: E402
 
 SNAPSHOT = Snapshot()
+# What the run recorded: graded and beyond tests by node id, and the first tampering seen.
+_STATE = {"tests": {}, "beyond": {}, "tampering": []}
 GRADING_DIR = Path(__file__).resolve().parent / "grading"
 BEYOND_DIR = Path(__file__).resolve().parent / "beyond"
 
@@ -83,23 +86,22 @@ def beyond_mode(config) -> str:
     return mode
 
 
-def load_module_from(path: Path, name: str = "rnn_lstm_captioning"):
-    """Import the Python file at path as a module called name."""
-    if not path.is_file():
-        raise FileNotFoundError(f"No implementation to grade at {path}: expected a rnn_lstm_captioning.py file")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def impl(request):
     """The captioning module under test."""
-    module = load_module_from(impl_path(request.config))
-    sys.modules["rnn_lstm_captioning"] = module
+    module = import_file(impl_path(request.config))
     _note_tampering(request.config, "when it was imported")
     return module
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    """An empty torch hub directory under tmp_path, for torchvision's weight cache."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # restored afterwards; set_dir changes it
+    torch.hub.set_dir(str(hub))
+    return hub
 
 
 def _note_tampering(config, when: str):
@@ -147,9 +149,6 @@ def pytest_collection_finish(session):
 # ---------------------------------------------------------------------------
 # Outcomes: tampering fails graded tests; beyond-the-contract failures are reported
 # ---------------------------------------------------------------------------
-
-
-_STATE = {"tests": {}, "beyond": {}, "tampering": []}
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -7,7 +7,6 @@ statistics too), no deprecation warning, and a clear error without a network.
 """
 
 import math
-import os
 import re
 import time
 import warnings
@@ -15,9 +14,8 @@ from urllib.error import URLError
 
 import pytest
 import torch
-import torchvision
 
-from _encoder import WEIGHT_FILES, forbid_network, hub_dir, make_encoder, regnet_state_of, regnet_trunk_keys  # noqa: F401
+from _encoder import WEIGHT_FILES, cache_random_weights, forbid_network, make_encoder, regnet_state_of, regnet_trunk_keys
 from _grading import build, check_tensor, expect, forward, random_images, same
 
 
@@ -83,12 +81,7 @@ def test_image_encoder_pretrained_without_network_or_cache_fails_fast_with_advic
 
 def test_image_encoder_pretrained_loads_the_cached_batch_norm_statistics_exactly(impl, hub_dir, monkeypatch):
     forbid_network(monkeypatch, AssertionError("ImageEncoder(pretrained=True) tried to download cached weights"))
-    torch.manual_seed(8)
-    cached = torchvision.models.regnet_x_400mf(weights=None).state_dict()
-    checkpoints = hub_dir / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.save(cached, checkpoints / WEIGHT_FILES[0])
-    os.link(checkpoints / WEIGHT_FILES[0], checkpoints / WEIGHT_FILES[1])
+    cached = cache_random_weights(hub_dir)
     encoder = build(impl, "ImageEncoder", pretrained=True, verbose=True)
     for key, value in regnet_state_of(encoder, regnet_trunk_keys()).items():
         expect(same(value, cached[key]), f"ImageEncoder(pretrained=True, verbose=True): {key} differs from the file")

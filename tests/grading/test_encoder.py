@@ -1,13 +1,12 @@
 """ImageEncoder: RegNetX-400MF c5 features of ImageNet-normalised images."""
 
-import os
 
 import pytest
 import torch
 import torchvision
 from torchvision.transforms import Normalize
 
-from _encoder import WEIGHT_FILES, forbid_network, hub_dir, make_encoder, regnet_state_of, regnet_trunk_keys  # noqa: F401
+from _encoder import cache_random_weights, forbid_network, make_encoder, regnet_state_of, regnet_trunk_keys
 from _grading import ENCODER_CHANNELS, build, check_close, check_tensor, expect, forward, Lazy, random_images, same
 from _references import IMAGENET_MEAN, IMAGENET_STD
 
@@ -137,13 +136,7 @@ def test_image_encoder_verbose_prints_something_and_quiet_prints_nothing(impl, c
 
 def test_image_encoder_pretrained_loads_cached_weights_without_network(impl, hub_dir, monkeypatch):
     forbid_network(monkeypatch, AssertionError("ImageEncoder(pretrained=True) tried to download cached weights"))
-    torch.manual_seed(8)
-    cached = torchvision.models.regnet_x_400mf(weights=None).state_dict()
-    checkpoints = hub_dir / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    # Both ImageNet weight versions of torchvision hold the same tensors here.
-    torch.save(cached, checkpoints / WEIGHT_FILES[0])
-    os.link(checkpoints / WEIGHT_FILES[0], checkpoints / WEIGHT_FILES[1])
+    cached = cache_random_weights(hub_dir)
 
     torch.manual_seed(9)
     encoder = build(impl, "ImageEncoder", pretrained=True, verbose=False)

@@ -6,9 +6,9 @@ only Google and the internet provide, made locally.
   (keys, dtypes, shapes, no image ids, a vocabulary starting <NULL>,
   <START>, <END>, <UNK>); written independently of helper.data, so that a
   loader that drifts from the real format fails here.
-- `CocoServer`: serves those bytes over HTTP from 127.0.0.1 only, with Range
-  requests, and cuts its first response part way, so that the notebook's
-  download must resume.
+- `CocoServer` (from _range_server): serves those bytes over HTTP from
+  127.0.0.1 only, with Range requests, and cuts its first response part
+  way, so that the notebook's download must resume.
 - `write_standins`: a `google.colab` package whose `drive.mount` logs the
   call, and a `pip` package that shadows the real one for `python -m pip`:
   without a network, `install` succeeds only for packages already installed
@@ -19,13 +19,11 @@ only Google and the internet provide, made locally.
   the stage's environment, plus one probe cell at the end that reports what
   the kernel ended up with.
 """
-import http.server
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
@@ -90,65 +88,6 @@ def coco_expectation(data: dict, size: int) -> dict:
         "num_train": len(data["train_images"]), "num_val": len(data["val_images"]),
         "vocab_size": len(data["vocab"]["idx_to_token"]), "min_bytes": size // 2, "max_bytes": size * 2,
     }
-
-
-# ---------------------------------------------------------------------------
-# The server
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET of any path: server.payload, from the start of a Range header; the first response is cut."""
-
-    timeout = 10  # seconds a connection may stay silent: nothing hangs
-
-    def do_GET(self):
-        server = self.server
-        body, start = server.payload, 0
-        wanted = self.headers.get("Range")
-        server.requests.append((self.path, wanted))
-        if wanted:
-            start = int(wanted.split("=")[1].split("-")[0])
-            if start >= len(body):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
-        self.end_headers()
-        data = body[start:]
-        if server.cut_after is not None:  # the connection breaks part way, once
-            data, server.cut_after = data[: server.cut_after], None
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-class CocoServer:
-    """
-    Serves bytes at http://127.0.0.1:PORT/coco.pt (loopback only) in a
-    daemon thread; use in a with-block.
-
-    Attributes: url; requests, a list of (path, Range header or None) in
-    the order received.
-    """
-
-    def __init__(self, payload: bytes, cut_after: Optional[int] = None):
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.payload, self.httpd.cut_after, self.httpd.requests = payload, cut_after, []
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/coco.pt"
-        self.requests = self.httpd.requests
-
-    def __enter__(self) -> "CocoServer":
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # ---------------------------------------------------------------------------

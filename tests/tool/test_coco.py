@@ -2,7 +2,6 @@
 
 import http.server
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from _data_fakes import fake_data
+from _range_server import CocoServer
 from helper import coco
 from helper.coco import CaptionH5Dataset, CocoExpectation, DownloadError, build_coco_h5, download_coco, tokenize
 from helper.data import END, NULL, START, UNK, load_dataset
@@ -20,45 +20,10 @@ from helper.data import END, NULL, START, UNK, load_dataset
 # --- a local server for fake coco.pt files ---------------------------------
 
 
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves server.payload at any path, with HTTP Range support (or not)."""
-
-    def do_GET(self):
-        server = self.server
-        body, start = server.payload, 0
-        wanted = self.headers.get("Range")
-        server.ranges.append(wanted)
-        if wanted and server.honour_range:
-            start = int(wanted.split("=")[1].split("-")[0])
-            if start >= len(body):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
-        self.end_headers()
-        data = body[start:]
-        if server.cut_after is not None:  # drop the connection part way, once
-            data, server.cut_after = data[: server.cut_after], None
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.payload, httpd.ranges, httpd.honour_range, httpd.cut_after = b"", [], True, None
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/coco.pt"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with CocoServer() as served:
+        yield served
 
 
 def fake_coco_bytes(tmp_path, data=None):
@@ -165,7 +130,7 @@ def test_no_network_fails_fast_naming_the_file_to_place_by_hand(tmp_path, monkey
 
 
 def test_refused_connection_fails_within_seconds(tmp_path):
-    closed = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    closed = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     port = closed.server_address[1]
     closed.server_close()  # nothing listens on this port now
     started = time.monotonic()

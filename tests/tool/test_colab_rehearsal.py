@@ -39,7 +39,6 @@ import nbformat
 import pytest
 
 from _colab_rehearsal import (
-    CocoServer,
     cell_text,
     coco_bytes,
     coco_expectation,
@@ -50,6 +49,7 @@ from _colab_rehearsal import (
     write_imagenet_standin,
     write_standins,
 )
+from _range_server import CocoServer
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "rnn_lstm_captioning.ipynb"

@@ -5,7 +5,6 @@ A typical student solution (tests/solutions/typical) hard-codes the 4x4 grid
 and squeezes a batch of one away; with it, the tool still captions a single
 image greedily and with beam search, and trains on a last minibatch of one.
 """
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from helper.decoding import beam_search, generate_captions, sequence_log_prob
 from helper.training import make_optimizer, train_step
+from helper.utils import import_file
 
 TYPICAL = Path(__file__).resolve().parents[1] / "solutions" / "typical" / "rnn_lstm_captioning.py"
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "b", "c"]
@@ -21,10 +21,7 @@ WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "b", "c"]
 @pytest.fixture(scope="module")
 def typical():
     """The typical solution as a module of its own name (the suite's `impl` stays as it is)."""
-    spec = importlib.util.spec_from_file_location("typical_solution", TYPICAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(TYPICAL, "typical_solution", register=False)
 
 
 @pytest.fixture(scope="module")

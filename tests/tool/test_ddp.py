@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from _cli_data import TINY, write_tiny_data
 from _impl_process import impl_process
 from helper import train as train_cli

@@ -7,7 +7,6 @@ One batch grades every submission (module fixture); the tests read its
 results. About 2-3 minutes on 2 cores.
 """
 import csv
-import importlib.util
 import json
 import shutil
 import zipfile
@@ -19,6 +18,7 @@ import torch
 from helper import grade
 from helper.grade_model import parse_table, table_points
 from helper.grade_notebook import cell_markers
+from helper.utils import import_file
 from helper.sandbox import bwrap_path
 
 from _cli_data import tiny_checkpoint, write_tiny_data
@@ -177,10 +177,7 @@ def test_results_json_is_gradescopes_format_and_adds_up(batch):
 
 
 def load_good_module():
-    spec = importlib.util.spec_from_file_location("good_solution_for_grade_tests", GOOD)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(GOOD, "good_solution_for_grade_tests", register=False)
 
 
 @pytest.fixture(scope="module")
