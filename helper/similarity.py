@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .data import atomic_output
-from .release import MODULE, REPO_ROOT, strip_solutions
+from .release import BEGIN, MODULE, REPO_ROOT, strip_solutions
 
 CSV_COLUMNS = ["name_a", "name_b", "a_in_b", "b_in_a", "max", "shared_tokens", "note"]
 # Lengths are in characters of copydetect's filtered code, where every name becomes one letter and
@@ -50,8 +50,13 @@ FILES = ("similarity.csv", "similarity.html")
 
 
 def kit_source(reference: Path = REPO_ROOT / MODULE) -> str:
-    """The kit's module text (helper.release's stripping of the reference): the boilerplate."""
-    return strip_solutions(reference.read_text(encoding="utf-8"))
+    """
+    The kit's module text (helper.release's stripping of the reference): the boilerplate. Empty
+    (nothing discounted) when the module in place has no solution blocks: an instructor's own
+    solution swapped in, from which no kit can be made.
+    """
+    text = reference.read_text(encoding="utf-8")
+    return strip_solutions(text) if BEGIN in text else ""
 
 
 def read_module(path: Path) -> Tuple[Optional[str], str]:

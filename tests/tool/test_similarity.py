@@ -17,11 +17,12 @@ from helper import grade, similarity
 from helper.release import strip_solutions
 
 from _grade_fixtures import GOOD, SELECT
+from _kit import reference_source
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE = REPO / "rnn_lstm_captioning.py"
 LOOPS = REPO / "tests" / "solutions" / "loops" / "rnn_lstm_captioning.py"
-KIT = strip_solutions(REFERENCE.read_text())
+REFERENCE = reference_source()  # the committed one when another solution is in place
+KIT = strip_solutions(REFERENCE)
 
 
 def renamed(text: str) -> str:
@@ -56,7 +57,7 @@ def batch(tmp_path):
     return {
         "typical": write(tmp_path / "subs", "typical", typical),
         "loops": write(tmp_path / "subs", "loops", LOOPS.read_text()),
-        "reference": write(tmp_path / "subs", "reference", REFERENCE.read_text()),
+        "reference": write(tmp_path / "subs", "reference", REFERENCE),
         "copy": write(tmp_path / "subs", "copy", renamed(typical)),
     }
 
