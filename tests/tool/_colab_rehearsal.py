@@ -157,18 +157,21 @@ def write_imagenet_standin(torch_home: Path, seed: int = 1234) -> Path:
     """
     A state dict of RegNetX-400MF (torchvision's initialisation, seeded:
     the right keys and shapes, not ImageNet's values) where torchvision's
-    IMAGENET1K_V2 weights are cached: $TORCH_HOME/hub/checkpoints/<name of the URL>.
+    IMAGENET1K_V2 weights are cached: $TORCH_HOME/hub/checkpoints/<name of the URL>;
+    linked under IMAGENET1K_V1's name too, which the deprecated
+    `pretrained=True` of a student's encoder loads.
 
     Returns:
-    - the file
+    - the file of IMAGENET1K_V2
     """
     from torchvision import models
 
-    weights = models.RegNet_X_400MF_Weights.IMAGENET1K_V2
-    path = torch_home / "hub" / "checkpoints" / os.path.basename(weights.url)
+    weights = models.RegNet_X_400MF_Weights
+    path = torch_home / "hub" / "checkpoints" / os.path.basename(weights.IMAGENET1K_V2.url)
     path.parent.mkdir(parents=True)
     torch.manual_seed(seed)
     torch.save(models.regnet_x_400mf().state_dict(), path)
+    os.link(path, path.parent / os.path.basename(weights.IMAGENET1K_V1.url))
     return path
 
 

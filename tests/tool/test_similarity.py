@@ -143,12 +143,14 @@ def test_the_csv_is_ranked_and_has_the_documented_columns(batch, tmp_path):
 def test_the_same_input_gives_the_same_csv_in_another_process(batch, tmp_path):
     # copydetect hashes with Python's str hash, salted per process: the CSV must not depend on it.
     similarity.similarity_report(batch, KIT, tmp_path / "first")
+    (tmp_path / "kit.py").write_text(KIT)
     code = ("import sys; from pathlib import Path; from helper import similarity\n"
-            "mods = dict(a.split('=', 1) for a in sys.argv[2:])\n"
+            "mods = dict(a.split('=', 1) for a in sys.argv[3:])\n"
             "paths = {n: Path(p) for n, p in mods.items()}\n"
-            "similarity.similarity_report(paths, similarity.kit_source(), sys.argv[1])\n")
+            "similarity.similarity_report(paths, Path(sys.argv[2]).read_text(), sys.argv[1])\n")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "second")] + [f"{n}={p}" for n, p in batch.items()],
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "second"), str(tmp_path / "kit.py")]
+                   + [f"{n}={p}" for n, p in batch.items()],
                    check=True, env=env, cwd=REPO, timeout=120)
     first, second = ((tmp_path / d / "similarity.csv").read_bytes() for d in ("first", "second"))
     assert first == second and first.count(b"\n") == 7
