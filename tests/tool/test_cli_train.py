@@ -13,6 +13,7 @@ import helper.training
 from _cli_data import TINY, write_tiny_data
 from helper import train as train_cli
 from helper.checkpoint import load_checkpoint, save_checkpoint
+from helper.decoding import model_parts
 from helper.evaluate import evaluate_checkpoint
 from helper.training import cached_encoder, encode_images, index_images
 from helper.utils import reset_seed
@@ -112,12 +113,15 @@ def test_every_cell_type_trains_the_decoder_alone_with_a_frozen_encoder(impl, da
     assert train_cli.main(args(data_path, out, "--cell", "rnn", "--epochs", "1", "--freeze-encoder")) == 0
     config = load_checkpoint(out / "last.pt")["config"]
     reset_seed(config["seed"])
-    initial = train_cli.new_model(config, torch.load(data_path)["vocab"], pretrained=False).state_dict()
+    model = train_cli.new_model(config, torch.load(data_path)["vocab"], pretrained=False)
+    initial = model.state_dict()
     trained = _weights(out / "last.pt")
     assert set(trained) == set(initial)  # the encoder is saved too
-    encoder_keys = [k for k in initial if k.startswith("image_encoder.")]
+    # The encoder's attribute is the module's own choice: found by type.
+    prefix = next(name for name, child in model.named_children() if child is model_parts(model).encoder) + "."
+    encoder_keys = [k for k in initial if k.startswith(prefix)]
     assert encoder_keys and all(torch.equal(trained[k], initial[k]) for k in encoder_keys)
-    decoder_keys = [k for k in initial if not k.startswith("image_encoder.")]
+    decoder_keys = [k for k in initial if not k.startswith(prefix)]
     assert any(not torch.equal(trained[k], initial[k]) for k in decoder_keys)
 
 
@@ -144,14 +148,14 @@ def test_cached_features_give_the_loss_and_captions_of_the_encoder(impl):
     model = impl.CaptioningRNN(data["vocab"]["token_to_idx"], input_dim=400, wordvec_dim=8, hidden_dim=16,
                                cell_type="attn", image_encoder_pretrained=False, ignore_index=0).eval()
     images, captions = data["train_images"], data["train_captions"]
-    features = encode_images(model.image_encoder, images, batch_size=3)
+    features = encode_images(model_parts(model).encoder, images, batch_size=3)
     expected_loss, (expected_words, expected_attn) = model(images, captions), model.sample(images)
     with cached_encoder(model, features):
         stand_ins = index_images(torch.arange(4))
         loss, (words, attn) = model(stand_ins, captions), model.sample(stand_ins)
     assert torch.allclose(loss, expected_loss, rtol=1e-5)
     assert torch.equal(words, expected_words) and torch.allclose(attn, expected_attn, atol=1e-6)
-    assert type(model.image_encoder).__name__ == "ImageEncoder"  # put back
+    assert type(model_parts(model).encoder).__name__ == "ImageEncoder"  # put back
 
 
 def test_feature_cache_file_is_reused_by_the_next_run(impl, data_path, tmp_path, monkeypatch):
