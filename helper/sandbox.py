@@ -91,7 +91,8 @@ def sandbox_note(bwrap: Optional[str]) -> str:
 
 def _needed_under_tmp() -> list:
     """The virtual environment and the repository (helper/'s parent) when they are under /tmp."""
-    needed = {Path(sys.prefix).resolve(), Path(__file__).resolve().parent.parent}
+    # Both the path the interpreter runs from and its target: a venv may be a symlink.
+    needed = {Path(sys.prefix), Path(sys.prefix).resolve(), Path(__file__).resolve().parent.parent}
     return sorted(path for path in needed if Path("/tmp") in path.parents)
 
 
