@@ -7,10 +7,10 @@ Each module is about one thing:
 - decoding: word indices to text
 - training: the training loop
 """
-from .decoding import decode_captions
-from .gradcheck import compute_numeric_gradient, rel_error
-from .training import train_captioner
-from .utils import reset_seed
+from helper.captioning.decoding import decode_captions
+from helper.captioning.gradcheck import compute_numeric_gradient, rel_error
+from helper.captioning.training import train_captioner
+from helper.common.utils import reset_seed
 
 __all__ = [
     "compute_numeric_gradient",

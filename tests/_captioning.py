@@ -5,7 +5,7 @@ import torch
 
 from _grading import END, START, WORD_TO_IDX, check_close, check_tensor, expect, forward, method, param
 from _references import attention
-from helper.decoding import model_parts
+from helper.captioning.parts import model_parts
 
 CELL_TYPES = ["rnn", "lstm", "attn"]
 RECURRENT = {"rnn": "RNN", "lstm": "LSTM", "attn": "AttentionLSTM"}
@@ -13,7 +13,7 @@ V = len(WORD_TO_IDX)
 
 
 def parts_of(model, cell_type):
-    """The model's parts, found by type (helper.decoding.model_parts), or a failure naming what is wrong."""
+    """The model's parts, found by type (helper.captioning.parts.model_parts), or a failure naming what is wrong."""
     try:
         parts = model_parts(model)
     except ValueError as error:

@@ -4,7 +4,7 @@ Shared fixtures of the test suite, and the grading report.
 The suite has three parts:
 - tests/grading/  the contract of the standard assignment, graded: every
                   correct solution passes; each file is one part of
-                  helper.rubric, whose points its test cases share equally;
+                  helper.kit.rubric, whose points its test cases share equally;
 - tests/beyond/   what this project's own module does beyond the contract
                   (a batch of one, other grid sizes, clear errors): shown as
                   "beyond the assignment", never graded;
@@ -40,8 +40,8 @@ from _tamper import Snapshot
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMPL = REPO_ROOT / "rnn_lstm_captioning.py"
 sys.path.insert(0, str(REPO_ROOT))
-from helper import rubric  # noqa: E402
-from helper.utils import import_file  # noqa: E402
+from helper.kit import rubric# noqa: E402
+from helper.common.utils import import_file  # noqa: E402
 
 SNAPSHOT = Snapshot()
 # What the run recorded: graded and beyond tests by node id, and the first tampering seen.
@@ -68,7 +68,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "part(key): the part of helper.rubric that a graded test belongs to")
+    config.addinivalue_line("markers", "part(key): the part of helper.kit.rubric that a graded test belongs to")
     config.addinivalue_line("markers", "beyond: checks what our module does beyond the contract (never graded)")
 
 

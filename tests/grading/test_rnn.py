@@ -19,7 +19,7 @@ from _grading import (
     randn,
 )
 from _references import rnn_loop, rnn_step, torch_rnn
-from helper.gradcheck import compute_numeric_gradient, rel_error
+from helper.captioning.gradcheck import compute_numeric_gradient, rel_error
 
 pytestmark = pytest.mark.part("rnn")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from helper.checkpoint import save_checkpoint
-from helper.data import END, NULL, START, make_vocab
-from helper.train import DEFAULTS, model_config
+from helper.captioning.checkpoint import save_checkpoint
+from helper.data.format import END, NULL, START, make_vocab
+from helper.captioning.run import DEFAULTS, model_config
 
 WORDS = ["a", "red", "blue", "circle", "square", "above"]
 NAMING = {"red": 0, "blue": 1}  # words that name an object, and which box they name

@@ -1,5 +1,5 @@
 """
-The stage of the Colab rehearsal (tests/tool/test_colab_rehearsal.py): what
+The stage of the Colab rehearsal (tests/tool/dev/test_colab_rehearsal.py): what
 only Google and the internet provide, made locally.
 
 - `make_coco`: a small coco.pt in the exact format of the assignment's file

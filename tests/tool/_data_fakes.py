@@ -2,7 +2,7 @@
 
 import torch
 
-from helper.data import END, NULL, START, make_vocab
+from helper.data.format import END, NULL, START, make_vocab
 
 FAKE_WORDS = ["a", "cat", "dog", "sits", "runs"]
 

@@ -50,7 +50,7 @@ IN_FUNCTION = {
         "    except OSError:\n        pass"
     ),
     "forges_events": (
-        "import json, sys\n    plugin = sys.modules['helper.grade_plugin']\n    stream = plugin._stream\n"
+        "import json, sys\n    plugin = sys.modules['helper.instructor.grade_plugin']\n    stream = plugin._stream\n"
         "    items = [json.loads(l) for l in open(stream.name) if '\"collected\"' in l][0]['items']\n"
         "    for item in items:\n"
         "        stream.write(json.dumps({'event': 'report', 'nodeid': item['nodeid'], 'when': 'call', "

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from helper.release import BEGIN, write_kit
+from helper.instructor.release import BEGIN, write_kit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE = "rnn_lstm_captioning.py"
