@@ -1,7 +1,6 @@
 """`python -m helper.bench`: speed of the recurrent layers and of training (helper/dev/bench.py)."""
-import sys
 
 from helper.dev.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

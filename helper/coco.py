@@ -1,7 +1,6 @@
 """`python -m helper.coco`: build the COCO HDF5 file from the raw data set (helper/data/coco.py)."""
-import sys
 
 from helper.data.coco import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,7 +1,6 @@
 """`python -m helper.figures`: redraw the README's figures (helper/dev/figures.py)."""
-import sys
 
 from helper.dev.figures import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

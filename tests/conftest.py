@@ -8,7 +8,8 @@ The suite has three parts:
 - tests/beyond/   what this project's own module does beyond the contract
                   (a batch of one, other grid sizes, clear errors): shown as
                   "beyond the assignment", never graded;
-- tests/tool/     the tool: helper/ and the commands.
+- tests/tool/     the tool: helper/ and the commands, laid out like helper/
+                  (captioning/, data/, kit/, instructor/, dev/).
 
 Choose the file under test with
 

@@ -23,7 +23,7 @@ from helper.captioning.run import train
 from helper.common.cli import run_command
 from helper.common.files import atomic_output
 from helper.data.datasets import load_dataset
-from helper.dev.bench import machine_description
+from helper.dev.machine import machine_description
 
 CELL_NAMES = {"rnn": "vanilla RNN", "lstm": "LSTM", "attn": "attention LSTM"}
 

@@ -26,18 +26,14 @@ Why this design:
 - It is made to be learnt in minutes on a CPU by a decoder over the features
   of an encoder that starts from random weights: six colours far apart,
   three shapes, two sizes (a vocabulary of 22 tokens), a calm background,
-  and one target caption per training image. Measured on 2 CPU cores, the
-  attention model of `python -m helper.train --cell attn` (4 minutes)
-  captions 62% of the validation images exactly right, the mean-pooled
-  RNN and LSTM about 20%. On the first version of this set (five shapes,
-  twice the background contrast, a random reference per training image,
-  10,000 images) the attention model got 4% right.
-- 30,000 training images by default: with 10,000 the attention decoder
-  learns them by heart within minutes and its validation captions stop
-  improving at about 40% right (measured on raw features, 50 epochs).
+  and one target caption per training image (`make demo` shows what each
+  decoder learns in a few CPU minutes).
+- 30,000 training images by default: with far fewer, the attention decoder
+  learns them by heart within minutes, and its validation captions stop
+  improving.
 - Every colour appears at most once per image, so every colour word names a
   single object: the grounding data ("{split}_boxes", "{split}_word_objects",
-  see helper.data) says which one.
+  see helper/data/format.py) says which one.
 
 Generation is vectorised numpy, deterministic from a seed, and cached as HDF5
 in the data folder under a name that encodes the parameters; the parameters

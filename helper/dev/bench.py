@@ -16,7 +16,6 @@ Figures are printed, never asserted: timings on shared machines are noisy.
 Each timing is the median of several repetitions after a warm-up.
 """
 import argparse
-import platform
 import statistics
 import time
 import warnings
@@ -27,9 +26,10 @@ from torch import nn
 
 from helper.captioning.decoding import generate_captions
 from helper.captioning.metrics import evaluate_captions
-from helper.captioning.training import autocast_dtype, train_captioner
+from helper.captioning.training import train_captioner
 from helper.common.utils import reset_seed
 from helper.data.datasets import load_dataset
+from helper.dev.machine import machine_description
 
 
 def median_seconds(fn: Callable[[], None], repeats: int = 7, warmup: int = 2) -> float:
@@ -50,42 +50,6 @@ def median_seconds(fn: Callable[[], None], repeats: int = 7, warmup: int = 2) ->
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def cpu_instructions() -> str:
-    """
-    The CPU's vector instructions that decide what mixed precision gains here
-    (figures from a CPU with AVX2 alone and one with AMX differ several-fold).
-
-    Returns:
-    - e.g. "AVX2", "AVX-512 with bfloat16", "AVX-512 with bfloat16 and AMX"
-    """
-    def has(name: str) -> bool:
-        check = getattr(torch.cpu, name, None)  # private checks: absent in some builds
-        return bool(check()) if check is not None else False
-
-    if not has("_is_avx512_supported"):
-        return "AVX2" if has("_is_avx2_supported") else "no AVX2"
-    extras = [name for check, name in (("_is_avx512_bf16_supported", "bfloat16"), ("_is_amx_tile_supported", "AMX"))
-              if has(check)]
-    return "AVX-512" + (" with " + " and ".join(extras) if extras else "")
-
-
-def machine_description() -> str:
-    """One line naming the machine, for the figures in the README."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    precision = autocast_dtype(torch.device("cpu"))
-    ours = f"{str(precision).removeprefix('torch.')} autocast" if precision is not None else "no bfloat16 kernels: float32"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu} ({cpu_instructions()}; ours on CPU: {ours}), {torch.get_num_threads()} threads, {device}, "
-            f"torch {torch.__version__}")
 
 
 def forward_backward(forward: Callable[[], torch.Tensor], params: List[torch.Tensor]) -> Callable[[], None]:
@@ -234,14 +198,24 @@ def _new_model(data: dict, cell: str, seed: int = 0):
     )
 
 
+def timed_seconds(work: Callable[[], None], device: torch.device = torch.device("cpu")) -> float:
+    """Seconds of work, waiting for the device's queue to empty before and after (CUDA runs asynchronously)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    sync(device)
+    start = time.perf_counter()
+    work()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def training_images_per_second(
-    data: dict, cell: str, steps: int, batch_size: int, repeats: int = 5
+    data: dict, cell: str, steps: int, batch_size: int, repeats: int = 5, device: torch.device = torch.device("cpu")
 ) -> Tuple[float, float, List[float]]:
     """
     Training throughput of the plain loop and of ours, each on its own copy
-    of the same model. The two loops take turns, `repeats` rounds of `steps`
-    minibatches each, so that a slow spell of the machine hits both alike;
-    each figure is the median of its rounds.
+    of the same model, the encoder training too. The two loops take turns,
+    `repeats` rounds of `steps` minibatches each, so that a slow spell of the
+    machine hits both alike; each figure is the median of its rounds.
 
     Inputs:
     - data: a data set dict
@@ -249,6 +223,7 @@ def training_images_per_second(
     - steps: timed minibatches per round, after two untimed ones
     - batch_size: images per minibatch
     - repeats: rounds per loop
+    - device: where to train
 
     Returns a tuple of:
     - plain, ours: training throughput in images per second
@@ -256,28 +231,33 @@ def training_images_per_second(
     """
     images, captions = data["train_images"], data["train_captions"]
     models = {fast: _new_model(data, cell) for fast in (False, True)}
-    warm, n = 2 * batch_size, steps * batch_size
+    warm, n = min(2 * batch_size, len(images)), min(steps * batch_size, len(images))
+
+    def run(fast: bool, count: int) -> None:
+        train_captioner(models[fast], images[:count], captions[:count], 1, batch_size, 1e-3,
+                        device=str(device), fast=fast, progress=False)
+
     seconds = {False: [], True: []}
-    for fast, model in models.items():
-        train_captioner(model, images[:warm], captions[:warm], 1, batch_size, 1e-3, fast=fast, progress=False)
+    for fast in models:
+        run(fast, warm)
     for _ in range(repeats):
-        for fast, model in models.items():
-            start = time.perf_counter()
-            train_captioner(model, images[:n], captions[:n], 1, batch_size, 1e-3, fast=fast, progress=False)
-            seconds[fast].append(time.perf_counter() - start)
+        for fast in models:
+            seconds[fast].append(timed_seconds(lambda: run(fast, n), device))
     round_speedups = [plain / ours for plain, ours in zip(seconds[False], seconds[True])]
     return n / statistics.median(seconds[False]), n / statistics.median(seconds[True]), round_speedups
 
 
-def decoding_captions_per_second(data: dict, cell: str, beam_size: int, num_images: int = 256) -> float:
-    """Captions per second of greedy (beam_size 1) or beam decoding, float32, eval mode."""
-    model = _new_model(data, cell).eval()
-    images = data["val_images"][:num_images]
-    generate_captions(model, images[:8], beam_size=beam_size)
-    start = time.perf_counter()
-    for chunk in images.split(64):
-        generate_captions(model, chunk, beam_size=beam_size)
-    return len(images) / (time.perf_counter() - start)
+def decoding_captions_per_second(
+    data: dict, cell: str, beam_size: int, num_images: int = 256, device: torch.device = torch.device("cpu")
+) -> float:
+    """Captions per second of greedy (beam_size 1) or beam decoding, float32, eval mode, batches of 64."""
+    model = _new_model(data, cell).to(device).eval()
+    images = data["val_images"][:num_images].to(device)
+    with torch.no_grad():
+        generate_captions(model, images[:8], beam_size=beam_size)
+        seconds = timed_seconds(lambda: [generate_captions(model, chunk, beam_size=beam_size)
+                                         for chunk in images.split(64)], device)
+    return len(images) / seconds
 
 
 def short_run_metrics(data: dict, cell: str, fast: bool, epochs: int, batch_size: int, seed: int = 0) -> Dict:

@@ -13,211 +13,28 @@ width 1 is the same size everywhere; the picture of an image is synthetic (numpy
 dataset, network or random state is involved and the output is the same on every run.
 """
 import argparse
-import functools
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # no display; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap, to_rgb  # noqa: E402
-from matplotlib.patches import FancyBboxPatch, Polygon, Rectangle  # noqa: E402
-
-from helper.common.files import atomic_output  # noqa: E402
-
-DPI = 150
-WIDTH_PX = 1950  # every figure is this wide; its height follows from its aspect
-
-# One colour per role, used by every figure.
-COLORS = {
-    "image": "#4C72B0",      # pixels, the CNN
-    "feature": "#DD8452",    # c5 features and their projections
-    "rnn": "#55A868",        # recurrent cells, hidden states
-    "attn": "#8172B3",       # queries, scores, attention weights
-    "loss": "#C44E52",       # losses, targets
-    "highlight": "#C44E52",  # one grid cell and its feature vector
-    "word": "#6B6B6B",       # word tokens
-    "text": "#222222",
-}
-STYLE = {  # pinned, so that a user's matplotlibrc cannot change the look
-    "font.family": "DejaVu Sans",
-    "font.size": 11,
-    "mathtext.fontset": "dejavusans",
-}
-ATTN_CMAP = LinearSegmentedColormap.from_list("attn", ["#FFFFFF", COLORS["attn"], "#2E1F5E"])
-
-
-# --------------------------------------------------------------------------------------
-# Drawing primitives (shared by all figures)
-# --------------------------------------------------------------------------------------
-
-def _styled(draw):
-    """Run a figure function under STYLE."""
-    @functools.wraps(draw)
-    def wrapper(*args, **kwargs):
-        with plt.rc_context(STYLE):
-            return draw(*args, **kwargs)
-    return wrapper
-
-
-def _tint(color, amount):
-    """Mix `color` with white; amount 0 gives white, 1 gives the colour itself."""
-    rgb = np.array(to_rgb(color))
-    return tuple(1.0 - amount * (1.0 - rgb))
-
-
-def _canvas(width, height):
-    """A figure whose single, axis-free axes spans [0, width] x [0, height] data units."""
-    inches_per_unit = WIDTH_PX / DPI / width
-    fig = plt.figure(figsize=(width * inches_per_unit, height * inches_per_unit), dpi=DPI)
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_xlim(0, width)
-    ax.set_ylim(0, height)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    return fig, ax
-
-
-def _text(ax, x, y, s, size=11, color=None, **kwargs):
-    """Text centred at (x, y) unless `ha`/`va` say otherwise."""
-    kwargs.setdefault("ha", "center")
-    kwargs.setdefault("va", "center")
-    return ax.text(x, y, s, fontsize=size, color=color or COLORS["text"], zorder=5, **kwargs)
-
-
-def _box(ax, cx, cy, w, h, text="", color=COLORS["word"], size=11, fill=0.18, lw=1.6,
-         weight="normal", ls="-", text_color=None, radius=0.18):
-    """A rounded box centred at (cx, cy), lightly filled with `color`, with centred text."""
-    patch = FancyBboxPatch((cx - w / 2, cy - h / 2), w, h,
-                           boxstyle=f"round,pad=0,rounding_size={radius}",
-                           facecolor=_tint(color, fill), edgecolor=color, lw=lw, ls=ls, zorder=3)
-    ax.add_patch(patch)
-    if text:
-        _text(ax, cx, cy, text, size=size, weight=weight, color=text_color, linespacing=1.35)
-    return patch
-
-
-def _arrow(ax, start, end, color=COLORS["text"], lw=1.5, ls="-", text=None, text_xy=None,
-           text_size=10, rad=0.0, **text_kwargs):
-    """An arrow from `start` to `end`; `rad` bends it; optional label at `text_xy`
-    (default: the midpoint)."""
-    ax.annotate("", xy=end, xytext=start, zorder=4,
-                arrowprops=dict(arrowstyle="-|>,head_length=0.5,head_width=0.25", color=color,
-                                lw=lw, ls=ls, shrinkA=0, shrinkB=0,
-                                connectionstyle=f"arc3,rad={rad}"))
-    if text:
-        tx, ty = text_xy or ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
-        _text(ax, tx, ty, text, size=text_size, color=color, **text_kwargs)
-
-
-def _path_arrow(ax, points, color=COLORS["text"], lw=1.5, ls="-"):
-    """A polyline through `points` with an arrow head on its last segment (for elbows)."""
-    xs, ys = zip(*points[:-1])
-    ax.plot(xs, ys, color=color, lw=lw, ls=ls, zorder=4, solid_capstyle="butt")
-    _arrow(ax, points[-2], points[-1], color=color, lw=lw, ls=ls)
-
-
-def _panel_title(ax, x, y, s, size=14):
-    """A bold, left-aligned title."""
-    _text(ax, x, y, s, size=size, weight="bold", ha="left")
-
-
-def _grid_lines(ax, x0, y0, size, n, color="white", lw=1.2, zorder=4):
-    """The n x n cell boundaries of a square of side `size` whose lower-left is (x0, y0)."""
-    for k in range(1, n):
-        t = k * size / n
-        ax.plot([x0 + t, x0 + t], [y0, y0 + size], color=color, lw=lw, zorder=zorder)
-        ax.plot([x0, x0 + size], [y0 + t, y0 + t], color=color, lw=lw, zorder=zorder)
-
-
-def _cuboid(ax, x0, y0, size, depth, color, n=None, highlight=None, lw=1.2, zorder=3):
-    """
-    A feature map drawn as a block: front face of side `size` with lower-left (x0, y0)
-    (the spatial grid), receding `depth` units up and to the right (the channels).
-
-    - n: draw an n x n grid on the faces (one cell per spatial location)
-    - highlight: (row, col), row 0 at the top, shaded through the whole depth: the feature
-      vector of that location
-    Returns the (dx, dy) offset of the back face.
-    """
-    dx, dy = depth * 0.75, depth * 0.55
-    front = [(x0, y0), (x0 + size, y0), (x0 + size, y0 + size), (x0, y0 + size)]
-    top = [(x0, y0 + size), (x0 + size, y0 + size), (x0 + size + dx, y0 + size + dy),
-           (x0 + dx, y0 + size + dy)]
-    side = [(x0 + size, y0), (x0 + size + dx, y0 + dy), (x0 + size + dx, y0 + size + dy),
-            (x0 + size, y0 + size)]
-    for face, amount in ((front, 0.30), (top, 0.50), (side, 0.65)):
-        ax.add_patch(Polygon(face, closed=True, facecolor=_tint(color, amount), edgecolor=color,
-                             lw=lw, zorder=zorder))
-    if n:
-        _grid_lines(ax, x0, y0, size, n, color=color, lw=0.8, zorder=zorder)
-        for k in range(1, n):  # the grid continued over the top and side faces
-            t = k * size / n
-            ax.plot([x0 + t, x0 + t + dx], [y0 + size, y0 + size + dy], color=color, lw=0.8,
-                    zorder=zorder)
-            ax.plot([x0 + size, x0 + size + dx], [y0 + t, y0 + t + dy], color=color, lw=0.8,
-                    zorder=zorder)
-    if highlight is not None:
-        _highlight_column(ax, x0, y0, size / n, n, dx, dy, highlight, zorder + 0.5)
-    return dx, dy
-
-
-def _highlight_column(ax, x0, y0, cell, n, dx, dy, where, zorder):
-    """Shade one location's vector through the depth of a `_cuboid` (visible faces only)."""
-    row, col = where
-    cx, cy = x0 + col * cell, y0 + (n - 1 - row) * cell
-    color = COLORS["highlight"]
-    style = dict(facecolor=_tint(color, 0.55), edgecolor=color, lw=1.6, zorder=zorder)
-    ax.add_patch(Rectangle((cx, cy), cell, cell, **style))
-    if row == 0:  # the column shows on the top face
-        ax.add_patch(Polygon([(cx, cy + cell), (cx + cell, cy + cell),
-                              (cx + cell + dx, cy + cell + dy), (cx + dx, cy + cell + dy)], **style))
-    if col == n - 1:  # ... and on the side face
-        ax.add_patch(Polygon([(cx + cell, cy), (cx + cell + dx, cy + dy),
-                              (cx + cell + dx, cy + cell + dy), (cx + cell, cy + cell)], **style))
-
-
-def _vector(ax, cx, cy, n_cells, cell, color):
-    """A vector drawn as a vertical strip of `n_cells` small squares centred at (cx, cy), in
-    varied tints so that it reads as "some numbers"."""
-    for k in range(n_cells):
-        shade = 0.25 + 0.5 * ((k * 7) % 5) / 4
-        ax.add_patch(Rectangle((cx - cell / 2, cy - n_cells * cell / 2 + k * cell), cell, cell,
-                               facecolor=_tint(color, shade), edgecolor=color, lw=1.0, zorder=3))
-
-
-def _show_image(ax, image, x0, y0, size, grid=4, highlight=None):
-    """Draw `image` (H, W, 3) in [0, 1] as a square of side `size` at (x0, y0), with the
-    c5 grid on top and optionally one cell (row, col) outlined."""
-    ax.imshow(image, extent=(x0, x0 + size, y0, y0 + size), interpolation="bilinear", zorder=2)
-    ax.add_patch(Rectangle((x0, y0), size, size, fill=False, edgecolor=COLORS["image"], lw=1.6, zorder=4))
-    if grid:
-        _grid_lines(ax, x0, y0, size, grid, color="white", lw=1.3)
-    if highlight is not None:
-        row, col = highlight
-        cell = size / grid
-        ax.add_patch(Rectangle((x0 + col * cell, y0 + (grid - 1 - row) * cell), cell, cell,
-                               fill=False, edgecolor=COLORS["highlight"], lw=2.6, zorder=5))
-
-
-def _word(ax, cx, cy, word, color=COLORS["word"], w=1.9, ls="-", size=10.5):
-    """A word token (or any small input) as a pill-shaped box."""
-    _box(ax, cx, cy, w, 0.62, word, color=color, fill=0.12, size=size, radius=0.3, ls=ls,
-         text_color=color if color != COLORS["word"] else COLORS["text"])
-
-
-def _save(fig, path):
-    """Save as PNG atomically (temporary name, then rename), close the figure, return the path.
-    No "Software" metadata, so the bytes do not depend on the matplotlib version string."""
-    path = Path(path)
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, facecolor="white", metadata={"Software": None})
-    finally:
-        plt.close(fig)
-    return path
-
+from helper.dev.drawing import (
+    ATTN_CMAP,
+    COLORS,
+    draw_arrow,
+    draw_box,
+    draw_cuboid,
+    draw_path_arrow,
+    draw_vector,
+    draw_word,
+    grid_lines,
+    new_canvas,
+    panel_title,
+    put_text,
+    save_png,
+    show_image,
+    styled,
+)
 
 # --------------------------------------------------------------------------------------
 # The synthetic picture and attention weights
@@ -272,16 +89,16 @@ REGNET_STAGES = [  # (name, spatial side, channels) for a 112x112 input
 def _draw_regnet(ax, x_left, cy, width=11.0):
     """The RegNetX-400MF trunk in a frame: a row of blocks that shrink in space and grow in
     channels. Returns the x of the frame's right edge."""
-    _box(ax, x_left + width / 2, cy - 0.1, width, 5.2, color=COLORS["image"], fill=0.06, radius=0.3)
-    _text(ax, x_left + width / 2, cy + 2.05, "RegNetX-400MF  (torchvision, ImageNet weights)",
+    draw_box(ax, x_left + width / 2, cy - 0.1, width, 5.2, color=COLORS["image"], fill=0.06, radius=0.3)
+    put_text(ax, x_left + width / 2, cy + 2.05, "RegNetX-400MF  (torchvision, ImageNet weights)",
           size=12, weight="bold", color=COLORS["image"])
-    _text(ax, x_left + width / 2, cy + 1.5, "input: float in [0, 1], ImageNet mean/std normalised",
+    put_text(ax, x_left + width / 2, cy + 1.5, "input: float in [0, 1], ImageNet mean/std normalised",
           size=10, color=COLORS["image"], style="italic")
     x = x_left + 0.6
     for name, side, channels in REGNET_STAGES:
         size = 0.45 + 1.8 * side / 56
-        dx, _ = _cuboid(ax, x, cy - 0.35 - size / 2, size, 0.25 + 0.9 * channels / 160, COLORS["image"])
-        _text(ax, x + (size + dx) / 2, cy - 2.05, f"{name}\n{side}×{side}×{channels}", size=10,
+        dx, _ = draw_cuboid(ax, x, cy - 0.35 - size / 2, size, 0.25 + 0.9 * channels / 160, COLORS["image"])
+        put_text(ax, x + (size + dx) / 2, cy - 2.05, f"{name}\n{side}×{side}×{channels}", size=10,
               linespacing=1.3)
         x += size + dx + 0.95
     return x_left + width
@@ -294,30 +111,30 @@ def _c5_uses(ax, c5_bottom, y):
     ax.plot([c5_bottom[0], c5_bottom[0]], [c5_bottom[1], bus_y], color=COLORS["feature"], lw=1.6, zorder=4)
     ax.plot([b1_x, c5_bottom[0]], [bus_y, bus_y], color=COLORS["feature"], lw=1.6, zorder=4)
     for x in (b1_x, b2_x):
-        _arrow(ax, (x, bus_y), (x, y + 0.65), color=COLORS["feature"], lw=1.6)
+        draw_arrow(ax, (x, bus_y), (x, y + 0.65), color=COLORS["feature"], lw=1.6)
 
     # use 1: global average -> h0 (RNN / LSTM)
-    _box(ax, b1_x, y, 3.9, 1.3, "mean over the\n4×4 grid  (N, 400)", color=COLORS["feature"], size=11)
-    _arrow(ax, (b1_x + 2.0, y), (5.2, y))
-    _box(ax, 6.6, y, 2.6, 1.3, "Linear\n400 → H", color=COLORS["feature"], size=11)
-    _arrow(ax, (7.95, y), (8.6, y))
-    _box(ax, 9.7, y, 2.1, 1.3, r"$h_0$  (N, H)", color=COLORS["rnn"], size=12, weight="bold")
-    _text(ax, 6.0, y - 1.0, "RNN / LSTM:\nh0 is the initial hidden state", size=11.5,
+    draw_box(ax, b1_x, y, 3.9, 1.3, "mean over the\n4×4 grid  (N, 400)", color=COLORS["feature"], size=11)
+    draw_arrow(ax, (b1_x + 2.0, y), (5.2, y))
+    draw_box(ax, 6.6, y, 2.6, 1.3, "Linear\n400 → H", color=COLORS["feature"], size=11)
+    draw_arrow(ax, (7.95, y), (8.6, y))
+    draw_box(ax, 9.7, y, 2.1, 1.3, r"$h_0$  (N, H)", color=COLORS["rnn"], size=12, weight="bold")
+    put_text(ax, 6.0, y - 1.0, "RNN / LSTM:\nh0 is the initial hidden state", size=11.5,
           color=COLORS["rnn"], weight="bold", va="top", linespacing=1.4)
 
     # use 2: the same Linear at every location -> A (attention)
-    _box(ax, b2_x, y, 4.8, 1.3, "the same Linear 400 → H\nat each of the 16 locations",
+    draw_box(ax, b2_x, y, 4.8, 1.3, "the same Linear 400 → H\nat each of the 16 locations",
          color=COLORS["feature"], size=11)
-    _arrow(ax, (b2_x + 2.45, y), (17.8, y))
+    draw_arrow(ax, (b2_x + 2.45, y), (17.8, y))
     a_size = 1.8
-    a_dx, _ = _cuboid(ax, 18.0, y - a_size / 2, a_size, 1.4, COLORS["attn"], n=4)
-    _text(ax, 18.0 + a_size + a_dx + 0.2, y, "A\n(N, H, 4, 4)", size=12, weight="bold", ha="left",
+    a_dx, _ = draw_cuboid(ax, 18.0, y - a_size / 2, a_size, 1.4, COLORS["attn"], n=4)
+    put_text(ax, 18.0 + a_size + a_dx + 0.2, y, "A\n(N, H, 4, 4)", size=12, weight="bold", ha="left",
           color=COLORS["attn"], linespacing=1.4)
-    _text(ax, 16.7, y - 1.0, "attention LSTM:  keys and values,\nh0 = c0 = A averaged over the grid",
+    put_text(ax, 16.7, y - 1.0, "attention LSTM:  keys and values,\nh0 = c0 = A averaged over the grid",
           size=11.5, color=COLORS["attn"], weight="bold", va="top", linespacing=1.4)
 
 
-@_styled
+@styled
 def draw_encoder(path):
     """
     Figure 1: image -> RegNetX-400MF -> c5 (N, 400, 4, 4) -> h0 (RNN/LSTM) or A (attention).
@@ -327,29 +144,29 @@ def draw_encoder(path):
     Returns:
     - path, as a Path
     """
-    fig, ax = _canvas(24, 14.0)
-    _panel_title(ax, 0.4, 13.4, "Image encoder: a 112×112 image becomes a 4×4 grid of 400-d vectors")
+    fig, ax = new_canvas(24, 14.0)
+    panel_title(ax, 0.4, 13.4, "Image encoder: a 112×112 image becomes a 4×4 grid of 400-d vectors")
     cy = 9.5
 
     # the image, with the grid of c5 cells drawn on it
-    _show_image(ax, synthetic_image(), 0.5, cy - 1.6, 3.2, highlight=(0, 3))
-    _text(ax, 2.1, cy + 2.05, "image  (N, 3, 112, 112)", size=11)
-    _text(ax, 0.5, cy - 1.95, "white lines: the c5 grid,\neach cell ≈ a 28×28 patch;\n"
+    show_image(ax, synthetic_image(), 0.5, cy - 1.6, 3.2, highlight=(0, 3))
+    put_text(ax, 2.1, cy + 2.05, "image  (N, 3, 112, 112)", size=11)
+    put_text(ax, 0.5, cy - 1.95, "white lines: the c5 grid,\neach cell ≈ a 28×28 patch;\n"
           "red: one cell and its\n400-d vector in c5", size=10, ha="left", va="top", linespacing=1.35)
-    _arrow(ax, (3.9, cy), (4.9, cy))
+    draw_arrow(ax, (3.9, cy), (4.9, cy))
     right = _draw_regnet(ax, 5.0, cy)
-    _arrow(ax, (right + 0.1, cy), (17.1, cy))
+    draw_arrow(ax, (right + 0.1, cy), (17.1, cy))
 
     # c5: the 4 x 4 x 400 block, the highlighted cell's vector shaded through the depth
     c5_x, c5_y, c5_size = 17.2, cy - 1.6, 2.6
-    dx, dy = _cuboid(ax, c5_x, c5_y, c5_size, 2.0, COLORS["feature"], n=4, highlight=(0, 3))
-    _text(ax, c5_x + (c5_size + dx) / 2, c5_y + c5_size + dy + 0.45, "c5  (N, 400, 4, 4)", size=12,
+    dx, dy = draw_cuboid(ax, c5_x, c5_y, c5_size, 2.0, COLORS["feature"], n=4, highlight=(0, 3))
+    put_text(ax, c5_x + (c5_size + dx) / 2, c5_y + c5_size + dy + 0.45, "c5  (N, 400, 4, 4)", size=12,
           weight="bold", color=COLORS["feature"])
-    _text(ax, c5_x + c5_size + dx + 0.15, c5_y + c5_size / 2 + dy / 2, "400\nchannels", size=10,
+    put_text(ax, c5_x + c5_size + dx + 0.15, c5_y + c5_size / 2 + dy / 2, "400\nchannels", size=10,
           color=COLORS["feature"], ha="left", linespacing=1.2)
 
     _c5_uses(ax, (c5_x + c5_size / 2, c5_y), 2.6)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -370,18 +187,18 @@ def _recurrent_arrows(ax, x_from, x_to, y, t, c_label=None):
     """The hidden state (solid) and, for the LSTM, the cell state (dashed) passed to the right.
     Labels start near the arrows' start, clear of anything drawn in the middle of the gap."""
     label_x = x_from + 0.3
-    _arrow(ax, (x_from, y + 0.15), (x_to, y + 0.15), color=COLORS["rnn"], lw=2.0,
+    draw_arrow(ax, (x_from, y + 0.15), (x_to, y + 0.15), color=COLORS["rnn"], lw=2.0,
            text=f"$h_{{{t}}}$", text_xy=(label_x, y + 0.47), text_size=11.5, ha="left")
-    _arrow(ax, (x_from, y - 0.3), (x_to, y - 0.3), color=COLORS["rnn"], lw=1.4, ls="--",
+    draw_arrow(ax, (x_from, y - 0.3), (x_to, y - 0.3), color=COLORS["rnn"], lw=1.4, ls="--",
            text=c_label or f"$c_{{{t}}}$", text_xy=(label_x, y - 0.62), text_size=10.5, ha="left")
 
 
 def _image_to_h0(ax, y0):
     """Left margin of an unrolled panel: image -> encoder -> h0 (and c0 = 0) into step 1."""
     cell_y = y0 + ROWS["cell"]
-    _show_image(ax, synthetic_image(), 0.95, cell_y + 1.25, 2.2, grid=0)
-    _arrow(ax, (2.05, cell_y + 1.2), (2.05, cell_y + 0.72))
-    _box(ax, 2.05, cell_y, 3.3, 1.3, "encoder, mean,\nLinear 400 → H", color=COLORS["feature"], size=10.5)
+    show_image(ax, synthetic_image(), 0.95, cell_y + 1.25, 2.2, grid=0)
+    draw_arrow(ax, (2.05, cell_y + 1.2), (2.05, cell_y + 0.72))
+    draw_box(ax, 2.05, cell_y, 3.3, 1.3, "encoder, mean,\nLinear 400 → H", color=COLORS["feature"], size=10.5)
     _recurrent_arrows(ax, 3.7, _step_x(1) - COL_W / 2, cell_y, 0, c_label="$c_0 = 0$ (LSTM)")
 
 
@@ -389,18 +206,18 @@ def _unrolled_column(ax, t, y0, input_word, last):
     """One time step, from the input word up to the scores; the recurrent arrows leave it to
     the right unless it is the `last` step drawn."""
     x = _step_x(t)
-    _word(ax, x, y0 + ROWS["input"], input_word, w=COL_W - 0.2)
-    _arrow(ax, (x, y0 + ROWS["input"] + 0.32), (x, y0 + ROWS["embed"] - 0.3))
-    _box(ax, x, y0 + ROWS["embed"], COL_W, 0.6, "embed", color=COLORS["word"], size=10)
-    _arrow(ax, (x, y0 + ROWS["embed"] + 0.3), (x, y0 + ROWS["cell"] - 0.6), text=f"$x_{{{t}}}$",
+    draw_word(ax, x, y0 + ROWS["input"], input_word, w=COL_W - 0.2)
+    draw_arrow(ax, (x, y0 + ROWS["input"] + 0.32), (x, y0 + ROWS["embed"] - 0.3))
+    draw_box(ax, x, y0 + ROWS["embed"], COL_W, 0.6, "embed", color=COLORS["word"], size=10)
+    draw_arrow(ax, (x, y0 + ROWS["embed"] + 0.3), (x, y0 + ROWS["cell"] - 0.6), text=f"$x_{{{t}}}$",
            text_xy=(x + 0.38, y0 + (ROWS["embed"] + ROWS["cell"]) / 2 - 0.05), text_size=11)
-    _box(ax, x, y0 + ROWS["cell"], COL_W, 1.2, "RNN / LSTM\nstep", color=COLORS["rnn"], size=10.5,
+    draw_box(ax, x, y0 + ROWS["cell"], COL_W, 1.2, "RNN / LSTM\nstep", color=COLORS["rnn"], size=10.5,
          weight="bold")
-    _arrow(ax, (x, y0 + ROWS["cell"] + 0.6), (x, y0 + ROWS["scores"] - 0.3), color=COLORS["rnn"],
+    draw_arrow(ax, (x, y0 + ROWS["cell"] + 0.6), (x, y0 + ROWS["scores"] - 0.3), color=COLORS["rnn"],
            text=f"$h_{{{t}}}$", text_xy=(x + 0.4, y0 + (ROWS["cell"] + ROWS["scores"]) / 2 + 0.05),
            text_size=11)
-    _box(ax, x, y0 + ROWS["scores"], COL_W, 0.6, "Linear H → V", color=COLORS["word"], size=10)
-    _arrow(ax, (x, y0 + ROWS["scores"] + 0.3), (x, y0 + ROWS["top"] - 0.3), color=COLORS["word"])
+    draw_box(ax, x, y0 + ROWS["scores"], COL_W, 0.6, "Linear H → V", color=COLORS["word"], size=10)
+    draw_arrow(ax, (x, y0 + ROWS["scores"] + 0.3), (x, y0 + ROWS["top"] - 0.3), color=COLORS["word"])
     if not last:
         _recurrent_arrows(ax, x + COL_W / 2, x + STEP_DX - COL_W / 2, y0 + ROWS["cell"], t)
 
@@ -408,10 +225,10 @@ def _unrolled_column(ax, t, y0, input_word, last):
 def _panel_frame(ax, y0, title, row_labels):
     """What both unrolled panels share: the title, image -> h0 on the left, and the row names
     (right-aligned just left of step 1)."""
-    _panel_title(ax, 0.3, y0 + 8.3, title)
+    panel_title(ax, 0.3, y0 + 8.3, title)
     _image_to_h0(ax, y0)
     for row, label in row_labels.items():
-        _text(ax, _step_x(1) - COL_W / 2 - 0.3, y0 + ROWS[row], label, size=10.5, ha="right",
+        put_text(ax, _step_x(1) - COL_W / 2 - 0.3, y0 + ROWS[row], label, size=10.5, ha="right",
               color=COLORS["word"], style="italic")
 
 
@@ -427,11 +244,11 @@ def _teacher_forcing_panel(ax, y0):
         _unrolled_column(ax, t, y0, word_in, last=t == len(inputs))
         ignored = word_out == "<NULL>"
         color, ls = (COLORS["word"], "--") if ignored else (COLORS["loss"], "-")
-        _box(ax, x, y0 + ROWS["top"], COL_W, 0.6, "ignored" if ignored else f"loss $L_{{{t}}}$",
+        draw_box(ax, x, y0 + ROWS["top"], COL_W, 0.6, "ignored" if ignored else f"loss $L_{{{t}}}$",
              color=color, size=10.5, ls=ls)
-        _arrow(ax, (x, y0 + ROWS["target"] - 0.31), (x, y0 + ROWS["top"] + 0.3), color=color)
-        _word(ax, x, y0 + ROWS["target"], word_out, color=color, ls=ls, w=COL_W - 0.2)
-    _text(ax, _step_x(len(inputs)) + COL_W / 2 + 0.5, y0 + ROWS["top"] + 0.55,
+        draw_arrow(ax, (x, y0 + ROWS["target"] - 0.31), (x, y0 + ROWS["top"] + 0.3), color=color)
+        draw_word(ax, x, y0 + ROWS["target"], word_out, color=color, ls=ls, w=COL_W - 0.2)
+    put_text(ax, _step_x(len(inputs)) + COL_W / 2 + 0.5, y0 + ROWS["top"] + 0.55,
           "temporal softmax loss\n"
           r"$L = \Sigma_{n}\,\Sigma_{t}\; L_{t}\ /\ N$" "\n"
           "(cross-entropy per step;\n<NULL> targets, the\npadding, are ignored)",
@@ -447,16 +264,16 @@ def _greedy_panel(ax, y0):
     for t, (word_in, word_out) in enumerate(zip(inputs, outputs), start=1):
         x = _step_x(t)
         _unrolled_column(ax, t, y0, word_in, last=t == len(inputs))
-        _box(ax, x, y0 + ROWS["top"], COL_W, 0.6, "argmax", color=COLORS["attn"], size=10.5)
-        _arrow(ax, (x, y0 + ROWS["top"] + 0.3), (x, y0 + ROWS["target"] - 0.31), color=COLORS["attn"])
-        _word(ax, x, y0 + ROWS["target"], word_out, color=COLORS["attn"], w=COL_W - 0.2)
+        draw_box(ax, x, y0 + ROWS["top"], COL_W, 0.6, "argmax", color=COLORS["attn"], size=10.5)
+        draw_arrow(ax, (x, y0 + ROWS["top"] + 0.3), (x, y0 + ROWS["target"] - 0.31), color=COLORS["attn"])
+        draw_word(ax, x, y0 + ROWS["target"], word_out, color=COLORS["attn"], w=COL_W - 0.2)
         if t < len(inputs):  # the fed-back word: right, down the gap between steps, into the input
             gap_x = x + STEP_DX / 2 + 0.25
             out_y, in_y = y0 + ROWS["target"], y0 + ROWS["input"]
-            _path_arrow(ax, [(x + COL_W / 2 - 0.1, out_y), (gap_x, out_y), (gap_x, in_y),
+            draw_path_arrow(ax, [(x + COL_W / 2 - 0.1, out_y), (gap_x, out_y), (gap_x, in_y),
                              (x + STEP_DX - COL_W / 2 + 0.1, in_y)],
                         color=COLORS["attn"], lw=1.3, ls=(0, (4, 2)))
-    _text(ax, _step_x(len(inputs)) + COL_W / 2 + 0.5, y0 + ROWS["cell"] + 0.9,
+    put_text(ax, _step_x(len(inputs)) + COL_W / 2 + 0.5, y0 + ROWS["cell"] + 0.9,
           "the caption ends at its first <END>;\n"
           "sample() runs max_length = 15 steps\n\n"
           "captions (N, max_length): the generated\n"
@@ -464,7 +281,7 @@ def _greedy_panel(ax, y0):
           size=10.5, ha="left", color=COLORS["attn"], linespacing=1.5)
 
 
-@_styled
+@styled
 def draw_unrolled(path):
     """
     Figure 2: (a) teacher-forced training, (b) greedy sampling, both unrolled in time.
@@ -474,11 +291,11 @@ def draw_unrolled(path):
     Returns:
     - path, as a Path
     """
-    fig, ax = _canvas(28.5, 18.3)
+    fig, ax = new_canvas(28.5, 18.3)
     _teacher_forcing_panel(ax, 9.5)
     ax.plot([0.3, 28.2], [9.35, 9.35], color="#CCCCCC", lw=1.0)
     _greedy_panel(ax, 0.2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -491,12 +308,12 @@ def _weights_grid(ax, weights, x0, y0, size):
     ax.imshow(weights, extent=(x0, x0 + size, y0, y0 + size), cmap=ATTN_CMAP, vmin=0,
               vmax=weights.max() * 1.15, interpolation="nearest", zorder=2)
     ax.add_patch(Rectangle((x0, y0), size, size, fill=False, edgecolor=COLORS["attn"], lw=1.6, zorder=4))
-    _grid_lines(ax, x0, y0, size, n, color="white", lw=1.0)
+    grid_lines(ax, x0, y0, size, n, color="white", lw=1.0)
     cell = size / n
     for r in range(n):
         for c in range(n):
             w = weights[r, c]
-            _text(ax, x0 + (c + 0.5) * cell, y0 + (n - 0.5 - r) * cell, f"{w:.2f}", size=9.5,
+            put_text(ax, x0 + (c + 0.5) * cell, y0 + (n - 0.5 - r) * cell, f"{w:.2f}", size=9.5,
                   color="white" if w > 0.45 * weights.max() else COLORS["text"])
 
 
@@ -504,7 +321,7 @@ def _overlay(ax, image, weights, x0, y0, size):
     """The image seen through the attention: bright where the weight is high."""
     block = np.ones((image.shape[0] // weights.shape[0],) * 2)
     light = np.sqrt(np.kron(weights / weights.max(), block))
-    _show_image(ax, image * (0.3 + 0.7 * light[..., None]), x0, y0, size)
+    show_image(ax, image * (0.3 + 0.7 * light[..., None]), x0, y0, size)
 
 
 def _attention_part(ax, image, weights):
@@ -512,38 +329,38 @@ def _attention_part(ax, image, weights):
     Returns the point where attn leaves (downwards)."""
     top, low, col = 13.2, 8.7, 17.4   # row heights; x of the weights and of the weighted sum
     # the query, the scores, the softmax, the weights and what they look at
-    _vector(ax, 1.0, top, 6, 0.32, COLORS["rnn"])
-    _text(ax, 1.5, top, "query\n" r"$h_{t-1}$" "\n(N, H)", size=11, ha="left", linespacing=1.4)
-    _arrow(ax, (3.0, top), (4.8, top), color=COLORS["rnn"])
-    _box(ax, 7.4, top, 5.0, 1.5, r"$s_i = h_{t-1} \cdot A_i \,/\, \sqrt{H}$" "\nscores  (N, 16)",
+    draw_vector(ax, 1.0, top, 6, 0.32, COLORS["rnn"])
+    put_text(ax, 1.5, top, "query\n" r"$h_{t-1}$" "\n(N, H)", size=11, ha="left", linespacing=1.4)
+    draw_arrow(ax, (3.0, top), (4.8, top), color=COLORS["rnn"])
+    draw_box(ax, 7.4, top, 5.0, 1.5, r"$s_i = h_{t-1} \cdot A_i \,/\, \sqrt{H}$" "\nscores  (N, 16)",
          color=COLORS["attn"], size=11.5)
-    _arrow(ax, (9.9, top), (11.1, top), color=COLORS["attn"])
-    _box(ax, 12.85, top, 3.3, 1.5, "softmax over\nthe 16 locations", color=COLORS["attn"], size=11.5)
-    _arrow(ax, (14.5, top), (15.6, top), color=COLORS["attn"])
+    draw_arrow(ax, (9.9, top), (11.1, top), color=COLORS["attn"])
+    draw_box(ax, 12.85, top, 3.3, 1.5, "softmax over\nthe 16 locations", color=COLORS["attn"], size=11.5)
+    draw_arrow(ax, (14.5, top), (15.6, top), color=COLORS["attn"])
     _weights_grid(ax, weights, col - 1.7, top - 1.7, 3.4)
-    _text(ax, col, top + 2.15, r"weights $w$  (N, 4, 4),  $\Sigma_i\, w_i = 1$", size=11,
+    put_text(ax, col, top + 2.15, r"weights $w$  (N, 4, 4),  $\Sigma_i\, w_i = 1$", size=11,
           color=COLORS["attn"], weight="bold")
-    _arrow(ax, (col + 1.8, top), (20.9, top), color=COLORS["attn"])
+    draw_arrow(ax, (col + 1.8, top), (20.9, top), color=COLORS["attn"])
     _overlay(ax, image, weights, 21.1, top - 1.7, 3.4)
-    _text(ax, 22.8, top + 2.15, "w on the image:\nwhere this step looks", size=11,
+    put_text(ax, 22.8, top + 2.15, "w on the image:\nwhere this step looks", size=11,
           color=COLORS["attn"], linespacing=1.3)
 
     # image -> A; A gives the keys (up, to the scores) and the values (right, to the sum)
-    _show_image(ax, image, 0.4, low - 1.3, 2.6)
-    _text(ax, 1.7, low - 1.75, "image", size=11)
-    _arrow(ax, (3.15, low), (5.2, low), text="encoder,\nLinear per cell", text_xy=(4.15, low + 0.7),
+    show_image(ax, image, 0.4, low - 1.3, 2.6)
+    put_text(ax, 1.7, low - 1.75, "image", size=11)
+    draw_arrow(ax, (3.15, low), (5.2, low), text="encoder,\nLinear per cell", text_xy=(4.15, low + 0.7),
            text_size=10, color=COLORS["feature"])
-    dx, dy = _cuboid(ax, 5.4, low - 1.1, 2.2, 1.3, COLORS["attn"], n=4, highlight=(1, 1))
-    _text(ax, 6.5 + dx / 2, low - 1.6, "A  (N, H, 4, 4)", size=11.5, weight="bold", color=COLORS["attn"])
-    _text(ax, 6.5 + dx / 2, low - 2.15, r"16 vectors $A_i \in \mathbb{R}^H$", size=10.5)
+    dx, dy = draw_cuboid(ax, 5.4, low - 1.1, 2.2, 1.3, COLORS["attn"], n=4, highlight=(1, 1))
+    put_text(ax, 6.5 + dx / 2, low - 1.6, "A  (N, H, 4, 4)", size=11.5, weight="bold", color=COLORS["attn"])
+    put_text(ax, 6.5 + dx / 2, low - 2.15, r"16 vectors $A_i \in \mathbb{R}^H$", size=10.5)
     keys_x, keys_from = 7.4, low + 1.1 + dy + 0.05
-    _arrow(ax, (keys_x, keys_from), (keys_x, top - 0.77), color=COLORS["attn"],
+    draw_arrow(ax, (keys_x, keys_from), (keys_x, top - 0.77), color=COLORS["attn"],
            text=r"keys $A_i$", text_xy=(keys_x + 0.2, (keys_from + top - 0.77) / 2), text_size=11, ha="left")
-    _arrow(ax, (5.4 + 2.2 + dx + 0.1, low), (col - 2.35, low), color=COLORS["attn"],
+    draw_arrow(ax, (5.4 + 2.2 + dx + 0.1, low), (col - 2.35, low), color=COLORS["attn"],
            text=r"values $A_i$", text_xy=(11.8, low + 0.35), text_size=11)
-    _box(ax, col, low, 4.6, 1.5, r"$\mathrm{attn} = \Sigma_i\, w_i A_i$" "\n(N, H)", color=COLORS["attn"],
+    draw_box(ax, col, low, 4.6, 1.5, r"$\mathrm{attn} = \Sigma_i\, w_i A_i$" "\n(N, H)", color=COLORS["attn"],
          size=12, weight="bold")
-    _arrow(ax, (col, top - 1.72), (col, low + 0.77), color=COLORS["attn"], text=r"$w_i$",
+    draw_arrow(ax, (col, top - 1.72), (col, low + 0.77), color=COLORS["attn"], text=r"$w_i$",
            text_xy=(col + 0.2, (top - 1.72 + low + 0.77) / 2), text_size=12, ha="left")
     return col, low - 0.77
 
@@ -551,18 +368,18 @@ def _attention_part(ax, image, weights):
 def _lstm_part(ax, attn_out):
     """Bottom of figure 3: the LSTM step with the attention vector as a third input."""
     y = 3.5
-    _text(ax, 0.4, 5.85, "LSTM step with attention", size=12.5, weight="bold", ha="left",
+    put_text(ax, 0.4, 5.85, "LSTM step with attention", size=12.5, weight="bold", ha="left",
           color=COLORS["rnn"])
-    _word(ax, 1.75, y + 0.9, r"$x_t$  (N, W)", w=2.6, size=11)
-    _word(ax, 1.75, y - 0.9, r"$h_{t-1}$  (N, H)", color=COLORS["rnn"], w=2.6, size=11)
+    draw_word(ax, 1.75, y + 0.9, r"$x_t$  (N, W)", w=2.6, size=11)
+    draw_word(ax, 1.75, y - 0.9, r"$h_{t-1}$  (N, H)", color=COLORS["rnn"], w=2.6, size=11)
     pre_left, pre_right = 4.1, 18.3
-    _arrow(ax, (3.05, y + 0.9), (pre_left, y + 0.3))
-    _arrow(ax, (3.05, y - 0.9), (pre_left, y - 0.3), color=COLORS["rnn"])
-    _box(ax, (pre_left + pre_right) / 2, y, pre_right - pre_left, 1.7,
+    draw_arrow(ax, (3.05, y + 0.9), (pre_left, y + 0.3))
+    draw_arrow(ax, (3.05, y - 0.9), (pre_left, y - 0.3), color=COLORS["rnn"])
+    draw_box(ax, (pre_left + pre_right) / 2, y, pre_right - pre_left, 1.7,
          r"$a = x_t W_x + h_{t-1} W_h + \mathrm{attn}\, W_{attn} + b$" "\n"
          r"(N, 4H);   $W_x$ (W, 4H),  $W_h$ (H, 4H),  $W_{attn}$ (H, 4H),  $b$ (4H,)",
          color=COLORS["rnn"], size=11.5)
-    _arrow(ax, attn_out, (attn_out[0], y + 0.85), color=COLORS["attn"], text="attn  (N, H)",
+    draw_arrow(ax, attn_out, (attn_out[0], y + 0.85), color=COLORS["attn"], text="attn  (N, H)",
            text_xy=(attn_out[0] - 0.2, (attn_out[1] + y + 0.85) / 2), text_size=11, ha="right")
 
     # the gates: a is split into 4 chunks of H (order i, f, o, g); drawn with o last because
@@ -570,21 +387,21 @@ def _lstm_part(ax, attn_out):
     gate_x, c_x, c_y, h_y = 20.6, 24.55, y + 1.0, y - 1.5
     gates = [(r"$i = \sigma(a_i)$", y + 1.5, c_y), (r"$f = \sigma(a_f)$", y + 0.5, c_y),
              (r"$g = \tanh(a_g)$", y - 0.5, c_y), (r"$o = \sigma(a_o)$", y - 1.5, h_y)]
-    _text(ax, gate_x, y + 2.4, "a split in 4 × H:\ni, f, o, g", size=10, color=COLORS["rnn"],
+    put_text(ax, gate_x, y + 2.4, "a split in 4 × H:\ni, f, o, g", size=10, color=COLORS["rnn"],
           linespacing=1.3)
     for label, gy, target_y in gates:
-        _arrow(ax, (pre_right, y), (gate_x - 1.15, gy), color=COLORS["rnn"], lw=1.1)
-        _box(ax, gate_x, gy, 2.3, 0.78, label, color=COLORS["rnn"], size=11)
-        _arrow(ax, (gate_x + 1.15, gy), (c_x - 2.15, target_y), color=COLORS["rnn"], lw=1.1)
-    _box(ax, c_x, c_y, 4.3, 1.0, r"$c_t = f \odot c_{t-1} + i \odot g$", color=COLORS["rnn"], size=11.5)
-    _box(ax, c_x, h_y, 4.3, 1.0, r"$h_t = o \odot \tanh(c_t)$", color=COLORS["rnn"], size=11.5,
+        draw_arrow(ax, (pre_right, y), (gate_x - 1.15, gy), color=COLORS["rnn"], lw=1.1)
+        draw_box(ax, gate_x, gy, 2.3, 0.78, label, color=COLORS["rnn"], size=11)
+        draw_arrow(ax, (gate_x + 1.15, gy), (c_x - 2.15, target_y), color=COLORS["rnn"], lw=1.1)
+    draw_box(ax, c_x, c_y, 4.3, 1.0, r"$c_t = f \odot c_{t-1} + i \odot g$", color=COLORS["rnn"], size=11.5)
+    draw_box(ax, c_x, h_y, 4.3, 1.0, r"$h_t = o \odot \tanh(c_t)$", color=COLORS["rnn"], size=11.5,
          weight="bold")
-    _arrow(ax, (c_x, c_y - 0.5), (c_x, h_y + 0.5), color=COLORS["rnn"])
-    _text(ax, c_x, h_y - 0.7, r"$h_t$: the next step's query;" "\nLinear H → V: the word scores",
+    draw_arrow(ax, (c_x, c_y - 0.5), (c_x, h_y + 0.5), color=COLORS["rnn"])
+    put_text(ax, c_x, h_y - 0.7, r"$h_t$: the next step's query;" "\nLinear H → V: the word scores",
           size=10.5, va="top", linespacing=1.4)
 
 
-@_styled
+@styled
 def draw_attention(path):
     """
     Figure 3: one attention step and the LSTM step that consumes it.
@@ -594,12 +411,12 @@ def draw_attention(path):
     Returns:
     - path, as a Path
     """
-    fig, ax = _canvas(27.2, 16.7)
-    _panel_title(ax, 0.4, 16.1, "One step of the attention LSTM: the previous hidden state chooses "
+    fig, ax = new_canvas(27.2, 16.7)
+    panel_title(ax, 0.4, 16.1, "One step of the attention LSTM: the previous hidden state chooses "
                  "where to look in the 4×4 grid")
     attn_out = _attention_part(ax, synthetic_image(), example_attention_weights())
     _lstm_part(ax, attn_out)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------

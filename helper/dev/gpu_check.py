@@ -2,7 +2,7 @@
 One check of everything that runs on a GPU, as `python -m helper.gpu_check --out DIR`
 (`make gpu-check`), written to DIR/report.md and DIR/report.json.
 
-    python -m helper.gpu_check --out runs/gpu-check                 # on a GPU machine: under 8 minutes
+    python -m helper.gpu_check --out runs/gpu-check                 # on a GPU machine
     python -m helper.gpu_check --device cpu --out runs/gpu-check    # the same steps, tiny, on the CPU
 
 Its steps, in order:
@@ -41,20 +41,21 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from helper.captioning.run import CELLS, DEVICE_DEFAULTS, train
+from helper.captioning.config import CELLS, DEVICE_DEFAULTS
+from helper.captioning.run import train
 from helper.common.cli import run_command
 from helper.common.files import atomic_output
 from helper.common.utils import pick_device
 from helper.data.storage import default_data_dir
-from helper.dev.bench import machine_description
 from helper.dev.gpu_compare import bench_on_device, compare_api, render_markdown
+from helper.dev.machine import machine_description
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "rnn_lstm_captioning.ipynb"
 
-# What each step does at each size. "full" fits one GPU in under 8 minutes;
-# "tiny" fits 2 CPU cores in under 3 (the captioning model compared for "attn"
-# alone, the grading step: the test of sampling on each device only).
+# What each step does at each size. "full" is meant for a few minutes on one
+# GPU; "tiny" is the CPU dry run of CI (the captioning model compared for
+# "attn" alone, the grading step: the test of sampling on each device only).
 SIZES = {
     "full": {"api_cells": ("rnn", "lstm", "attn"), "api_images": 4, "grading_filter": None, "run_notebook": True,
              "train_images": None, "val_images": None, "epochs": 5, "batch_size": None,

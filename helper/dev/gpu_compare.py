@@ -4,23 +4,19 @@ The measuring steps of `python -m helper.gpu_check` and its report's layout.
 - `compare_api`: each piece of the module's public API (the contract's
   functions and modules only) run on the device and on the CPU with the same
   inputs and weights, float32 and float64; the largest relative difference.
-- `bench_on_device`: the training benchmark of helper.bench (the
-  assignment's plain float32 loop against `train_captioner(fast=True)`:
-  mixed precision, channels_last, on CUDA the data on the device) and the
-  decoding speed, on the device rather than helper.bench's CPU.
+- `bench_on_device`: the training and decoding benchmark of
+  helper/dev/bench.py (the assignment's plain float32 loop against
+  `train_captioner(fast=True)`: mixed precision, channels_last, on CUDA the
+  data on the device), run on the device.
 - `render_markdown`: report.md from the report's dict.
 """
 import copy
-import statistics
-import time
 from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from helper.captioning.decoding import generate_captions
-from helper.captioning.training import train_captioner
 from helper.common.utils import reset_seed
-from helper.dev.bench import _new_model
+from helper.dev.bench import decoding_captions_per_second, training_images_per_second
 
 # Relative differences allowed between the device and the CPU. TF32 is off
 # during the comparison, so both compute in true float32 and differ only in
@@ -158,57 +154,17 @@ def compare_api(device: torch.device, cells: Sequence[str] = ("rnn", "lstm", "at
     return rows
 
 
-def _timed(work: Callable[[], None], device: torch.device) -> float:
-    """Seconds of work, waiting for the device's queue to empty before and after."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
-    sync(device)
-    start = time.perf_counter()
-    work()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def training_speed(data: dict, cell: str, device: torch.device, steps: int, batch: int, rounds: int) -> Dict[str, float]:
-    """
-    Images/s of the plain loop and of ours on device, the encoder training
-    too, the loops taking turns (median of their rounds, after one warm-up
-    epoch of 2 minibatches each), as helper.dev.bench.training_images_per_second
-    does on the CPU.
-    """
-    images, captions = data["train_images"], data["train_captions"]
-    n = min(steps * batch, len(images))
-    seconds = {False: [], True: []}
-    models = {fast: _new_model(data, cell) for fast in (False, True)}
-    run = lambda fast, count: train_captioner(models[fast], images[:count], captions[:count], 1, batch, 1e-3,
-                                              device=str(device), fast=fast, progress=False)
-    for fast in models:
-        run(fast, min(2 * batch, len(images)))
-    for _ in range(rounds):
-        for fast in models:
-            seconds[fast].append(_timed(lambda: run(fast, n), device))
-    plain, ours = (n / statistics.median(seconds[fast]) for fast in (False, True))
-    return {"plain_images_per_second": plain, "ours_images_per_second": ours, "speedup": ours / plain}
-
-
-def decoding_speed(data: dict, cell: str, device: torch.device, num_images: int, beam_size: int) -> float:
-    """Captions/s of greedy (beam_size 1) or beam decoding on device, float32, batches of 64."""
-    model = _new_model(data, cell).to(device).eval()
-    images = data["val_images"][:num_images].to(device)
-    with torch.no_grad():
-        generate_captions(model, images[:8], beam_size=beam_size)
-        seconds = _timed(lambda: [generate_captions(model, chunk, beam_size=beam_size) for chunk in images.split(64)],
-                         device)
-    return len(images) / seconds
-
-
 def bench_on_device(data: dict, device: torch.device, size: dict) -> List[Dict[str, object]]:
     """Step 6 of gpu_check: one row per cell type with training and decoding speeds."""
     rows = []
     for cell in ("rnn", "lstm", "attn"):
         row = {"cell": cell, "batch_size": size["bench_batch"], "steps": size["bench_steps"], "rounds": size["bench_rounds"]}
-        row.update(training_speed(data, cell, device, size["bench_steps"], size["bench_batch"], size["bench_rounds"]))
+        plain, ours, _ = training_images_per_second(data, cell, size["bench_steps"], size["bench_batch"],
+                                                    size["bench_rounds"], device)
+        row.update({"plain_images_per_second": plain, "ours_images_per_second": ours, "speedup": ours / plain})
         for beam in (1, 3):
-            row[f"beam{beam}_captions_per_second"] = decoding_speed(data, cell, device, size["decode_images"], beam)
+            row[f"beam{beam}_captions_per_second"] = decoding_captions_per_second(data, cell, beam, size["decode_images"],
+                                                                                 device)
         rows.append(row)
     return rows
 

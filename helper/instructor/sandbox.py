@@ -96,6 +96,19 @@ def _needed_under_tmp() -> list:
     return sorted(path for path in needed if Path("/tmp") in path.parents)
 
 
+def _bind_back(paths: Sequence[Path]) -> list:
+    """bwrap arguments that restore these paths under the empty /tmp, read-only, parents first."""
+    arguments = []
+    for path in sorted(paths):
+        if any(other in path.parents for other in paths):
+            continue  # inside a folder bound back already, symlink included
+        if path.is_symlink():  # bwrap cannot mount onto a symlink: recreate it (its target is bound too)
+            arguments += ["--symlink", os.readlink(path), str(path)]
+        else:
+            arguments += ["--ro-bind", str(path), str(path)]
+    return arguments
+
+
 def bwrap_command(bwrap: str, scratch: Path, read_only: Sequence[Path], cwd: Path) -> list:
     """The bwrap prefix: / read-only, empty /tmp, scratch writable, read_only folders in it read-only."""
     command = [
@@ -103,8 +116,7 @@ def bwrap_command(bwrap: str, scratch: Path, read_only: Sequence[Path], cwd: Pat
     ]
     # The empty /tmp must not hide the interpreter and this package, should they live there (a clone
     # in /tmp, as CI's may be): bound back read-only.
-    for path in _needed_under_tmp():
-        command += ["--ro-bind", str(path), str(path)]
+    command += _bind_back(_needed_under_tmp())
     command += ["--bind", str(scratch), str(scratch)]
     for path in read_only:
         command += ["--ro-bind", str(path), str(path)]

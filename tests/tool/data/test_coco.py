@@ -13,7 +13,7 @@ from PIL import Image
 
 from _data_fakes import fake_data
 from _range_server import CocoServer
-from helper.data import coco
+from helper.data import coco, datasets
 from helper.data.coco import CocoExpectation, DownloadError, build_coco_h5, download_coco, tokenize
 from helper.data.datasets import load_dataset
 from helper.data.format import END, NULL, START, UNK
@@ -142,7 +142,7 @@ def test_refused_connection_fails_within_seconds(tmp_path):
 
 def test_load_dataset_coco_downloads_only_when_the_file_is_missing(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(coco, "download_coco", lambda path: calls.append(path) or torch.save(fake_data(), path))
+    monkeypatch.setattr(datasets, "download_coco", lambda path: calls.append(path) or torch.save(fake_data(), path))
     load_dataset("coco", data_dir=tmp_path)
     load_dataset("coco", data_dir=tmp_path)
     assert calls == [tmp_path / "coco.pt"]

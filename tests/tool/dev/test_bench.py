@@ -7,7 +7,7 @@ import math
 import torch
 
 from _cli_data import tiny_data
-from helper.dev import bench
+from helper.dev import bench, machine
 
 
 def test_training_throughput_is_measured_for_both_loops():
@@ -30,16 +30,16 @@ def test_short_runs_start_alike_for_a_seed_and_differently_for_another():
 
 
 def test_machine_line_names_the_vector_instructions_and_the_precision_ours_uses(monkeypatch):
-    assert bench.cpu_instructions() in bench.machine_description()
-    monkeypatch.setattr(bench, "autocast_dtype", lambda device: None)
-    assert "float32" in bench.machine_description()
-    monkeypatch.setattr(bench, "autocast_dtype", lambda device: torch.bfloat16)
-    assert "bfloat16 autocast" in bench.machine_description()
+    assert machine.cpu_instructions() in machine.machine_description()
+    monkeypatch.setattr(machine, "autocast_dtype", lambda device: None)
+    assert "float32" in machine.machine_description()
+    monkeypatch.setattr(machine, "autocast_dtype", lambda device: torch.bfloat16)
+    assert "bfloat16 autocast" in machine.machine_description()
 
 
 def test_instruction_names_follow_the_cpu_checks(monkeypatch):
     for name in ("_is_avx2_supported", "_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: True, raising=False)
-    assert bench.cpu_instructions() == "AVX-512 with bfloat16 and AMX"
+    assert machine.cpu_instructions() == "AVX-512 with bfloat16 and AMX"
     monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: False)
-    assert bench.cpu_instructions() == "AVX2"
+    assert machine.cpu_instructions() == "AVX2"

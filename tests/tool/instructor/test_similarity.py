@@ -144,7 +144,7 @@ def test_the_same_input_gives_the_same_csv_in_another_process(batch, tmp_path):
     # copydetect hashes with Python's str hash, salted per process: the CSV must not depend on it.
     similarity.similarity_report(batch, KIT, tmp_path / "first")
     (tmp_path / "kit.py").write_text(KIT)
-    code = ("import sys; from pathlib import Path; from helper import similarity\n"
+    code = ("import sys; from pathlib import Path; from helper.instructor import similarity\n"
             "mods = dict(a.split('=', 1) for a in sys.argv[3:])\n"
             "paths = {n: Path(p) for n, p in mods.items()}\n"
             "similarity.similarity_report(paths, Path(sys.argv[2]).read_text(), sys.argv[1])\n")

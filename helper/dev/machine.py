@@ -1,0 +1,42 @@
+"""One line naming the machine a figure was measured on: CPU, its vector instructions, threads, GPU, torch."""
+import platform
+
+import torch
+
+from helper.captioning.training import autocast_dtype
+
+
+def cpu_instructions() -> str:
+    """
+    The CPU's vector instructions that decide what mixed precision gains here
+    (figures from a CPU with AVX2 alone and one with AMX differ several-fold).
+
+    Returns:
+    - e.g. "AVX2", "AVX-512 with bfloat16", "AVX-512 with bfloat16 and AMX"
+    """
+    def has(name: str) -> bool:
+        check = getattr(torch.cpu, name, None)  # private checks: absent in some builds
+        return bool(check()) if check is not None else False
+
+    if not has("_is_avx512_supported"):
+        return "AVX2" if has("_is_avx2_supported") else "no AVX2"
+    extras = [name for check, name in (("_is_avx512_bf16_supported", "bfloat16"), ("_is_amx_tile_supported", "AMX"))
+              if has(check)]
+    return "AVX-512" + (" with " + " and ".join(extras) if extras else "")
+
+
+def machine_description() -> str:
+    """One line naming the machine, for the figures in the README."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    precision = autocast_dtype(torch.device("cpu"))
+    ours = f"{str(precision).removeprefix('torch.')} autocast" if precision is not None else "no bfloat16 kernels: float32"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu} ({cpu_instructions()}; ours on CPU: {ours}), {torch.get_num_threads()} threads, {device}, "
+            f"torch {torch.__version__}")
