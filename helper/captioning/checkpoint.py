@@ -1,5 +1,6 @@
 """
-Checkpoints of the command-line trainer (helper/train.py).
+Checkpoints of the command-line trainer (helper/train.py), and the one
+factory of the models they hold (new_model, build_model).
 
 A checkpoint is one file written with torch.save, holding everything needed
 to use the model, or to continue its training exactly where it stopped:
@@ -9,12 +10,17 @@ to use the model, or to continue its training exactly where it stopped:
       "model_config": arguments of CaptioningRNN besides the vocabulary,
       "vocab": {"idx_to_token", "token_to_idx"},
       "model": model state_dict (encoder included, also when it was frozen),
-      "config": the run's configuration (helper.train),
+      "config": the run's configuration (RunConfig of
+                helper/captioning/config.py, as a dict),
       "epoch": epochs completed, "step": minibatches done of the next epoch,
       "optimizer", "scheduler", "scaler": their state_dicts (scaler or None),
       "rng": random number generator states (see rng_state),
+      "losses": every minibatch's loss, one list per epoch,
       "history": per-epoch records; "best": the best epoch's record,
-      ... and whatever else the trainer adds (plain data and tensors).
+      "timing": seconds spent training, evaluating and encoding features,
+      "standardised_projection": with --freeze-encoder, the feature
+                projection as trained, on standardised features (see
+                helper/captioning/frozen_encoder.py); else None.
     }
 
 Files are written under a temporary name and renamed when complete, so a
@@ -36,6 +42,7 @@ from helper.common.files import PathLike, atomic_output
 
 FORMAT = "rnn_lstm_captioning-checkpoint"
 FORMAT_VERSION = 1
+ENCODER_CHANNELS = 400  # the models' input_dim: channels of c5 of RegNetX-400MF, the ImageEncoder of the API
 
 
 def rng_state() -> dict:
@@ -146,6 +153,39 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     return checkpoint
 
 
+def new_model(model_config: dict, token_to_idx: dict, pretrained: bool = False, module=None) -> nn.Module:
+    """
+    A fresh CaptioningRNN: the one place that builds the models of runs and
+    checkpoints.
+
+    Inputs:
+    - model_config: the arguments of CaptioningRNN besides the vocabulary
+      (input_dim, wordvec_dim, hidden_dim, cell_type, ignore_index)
+    - token_to_idx: the vocabulary, word -> index
+    - pretrained: the encoder from ImageNet weights
+    - module: the captioning module to build it with; None for
+      `rnn_lstm_captioning` as imported now (the test suite puts the
+      implementation under test there)
+
+    Returns:
+    - the model, in training mode on the CPU
+
+    Raises ValueError when pretrained weights were asked for and cannot be
+    had (offline, no cached file).
+    """
+    if module is None:
+        import rnn_lstm_captioning as module
+    try:
+        # The commands' stdout is their output: what a module prints while
+        # it builds (the standard encoder can print its c5 shape) goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            return module.CaptioningRNN(token_to_idx, image_encoder_pretrained=pretrained, **model_config)
+    except RuntimeError as error:
+        if pretrained:  # the module says which file to put where
+            raise ValueError(f"--pretrained: {error}") from error
+        raise
+
+
 def build_model(checkpoint: dict, module=None) -> nn.Module:
     """
     The CaptioningRNN of a checkpoint, with its weights, in eval mode on
@@ -153,22 +193,13 @@ def build_model(checkpoint: dict, module=None) -> nn.Module:
 
     Inputs:
     - checkpoint: from load_checkpoint
-    - module: the captioning module to build it with; None for
-      `rnn_lstm_captioning` as imported now (the test suite puts the
-      implementation under test there)
+    - module: as for new_model
 
     Returns:
     - the model
     """
-    if module is None:
-        import rnn_lstm_captioning as module
-    # The weights come from the checkpoint: no need for ImageNet's. What a
-    # module prints while it builds (the standard encoder prints its c5
-    # shape) goes to stderr: the commands' stdout is their output.
-    with contextlib.redirect_stdout(sys.stderr):
-        model = module.CaptioningRNN(
-            checkpoint["vocab"]["token_to_idx"], image_encoder_pretrained=False, **checkpoint["model_config"]
-        )
+    # The weights come from the checkpoint: no need for ImageNet's.
+    model = new_model(checkpoint["model_config"], checkpoint["vocab"]["token_to_idx"], module=module)
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 
@@ -186,10 +217,19 @@ def loss_history(checkpoint: dict) -> List[float]:
 
 
 def describe(checkpoint: dict, path: Optional[PathLike] = None) -> str:
-    """One line saying what a checkpoint holds, for messages."""
-    config = checkpoint.get("model_config", {})
+    """
+    One line saying what a checkpoint holds, for messages, e.g.
+    "runs/attn/best.pt: attn model, H=256, W=128, data shapes, 3 of 12 epochs".
+
+    Inputs:
+    - checkpoint: from load_checkpoint (what it lacks shows as "?" or is left out)
+    - path: its file, named first when given
+    """
+    model, config = checkpoint.get("model_config", {}), checkpoint.get("config", {})
     where = f"{path}: " if path is not None else ""
+    data = f", data {config['data']}" if "data" in config else ""
+    of_total = f" of {config['epochs']}" if "epochs" in config else ""
     return (
-        f"{where}{config.get('cell_type', '?')} model, H={config.get('hidden_dim', '?')}, "
-        f"W={config.get('wordvec_dim', '?')}, {checkpoint.get('epoch', '?')} epochs"
+        f"{where}{model.get('cell_type', '?')} model, H={model.get('hidden_dim', '?')}, "
+        f"W={model.get('wordvec_dim', '?')}{data}, {checkpoint.get('epoch', '?')}{of_total} epochs"
     )

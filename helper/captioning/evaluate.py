@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from helper.captioning.checkpoint import build_model, describe, load_checkpoint
-from helper.captioning.metrics import METRIC_NAMES, evaluate_captions, exact_match
-from helper.captioning.run import split_arrays
+from helper.captioning.metrics import evaluate_captions, exact_match, format_metrics
+from helper.captioning.splits import split_arrays
 from helper.common.cli import add_decoding_options, run_command
 from helper.common.files import write_json
 from helper.common.utils import pick_device
@@ -112,12 +112,6 @@ def evaluate_checkpoint(
         "images_per_second": len(result["image_ids"]) / seconds if seconds > 0 else None,
         "predictions": {str(k): v for k, v in result["predictions"].items()},
     }
-
-
-def format_metrics(metrics: dict) -> str:
-    """The metrics as aligned 'name value' lines."""
-    names = list(METRIC_NAMES) + [k for k in metrics if k not in METRIC_NAMES]
-    return "\n".join(f"{name:<10} {metrics[name]:.4f}" for name in names if name in metrics)
 
 
 def evaluate_command(args: argparse.Namespace) -> None:

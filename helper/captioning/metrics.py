@@ -33,6 +33,11 @@ from helper.captioning.parts import unwrap_model
 from helper.data.format import references_by_image
 
 METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider")
+# What the commands report: the scores above, the share of exact captions
+# (exact_match) and, for attention models on "shapes", the grounding score.
+REPORTED_METRICS = METRIC_NAMES + ("exact", "grounding")
+# The selection of a one-line progress report.
+HEADLINE_METRICS = ("bleu1", "bleu4", "cider", "exact", "grounding")
 _SPECIAL_TOKENS = re.compile(r"<(start|end|null)>")
 _NOT_A_WORD = re.compile(r"[^0-9a-z\s]+")
 
@@ -452,3 +457,28 @@ def evaluate_split(model: nn.Module, data: dict, split: str = "val", **options) 
         word_objects=data.get(f"{split}_word_objects"),
         **options,
     )
+
+
+def format_metrics(
+    metrics: Mapping[str, Optional[float]], names: Optional[Sequence[str]] = None, one_line: bool = False
+) -> str:
+    """
+    Metrics as text, for the commands' messages.
+
+    Inputs:
+    - metrics: name -> value; a name missing or None is left out (other
+      keys, such as an epoch record's "loss", are shown only when named)
+    - names: the metrics to show, in order; None for REPORTED_METRICS,
+      then metrics' other keys
+    - one_line: "name value name value ..." with 3 decimals; otherwise
+      one aligned "name value" line each, with 4 decimals
+
+    Returns:
+    - the text
+    """
+    if names is None:
+        names = list(REPORTED_METRICS) + [name for name in metrics if name not in REPORTED_METRICS]
+    shown = [name for name in names if metrics.get(name) is not None]
+    if one_line:
+        return " ".join(f"{name} {metrics[name]:.3f}" for name in shown)
+    return "\n".join(f"{name:<10} {metrics[name]:.4f}" for name in shown)

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import nn
 
+from helper.captioning.checkpoint import ENCODER_CHANNELS, new_model
 from helper.captioning.decoding import generate_captions
 from helper.captioning.metrics import evaluate_captions
 from helper.captioning.training import train_captioner
@@ -188,14 +189,11 @@ def _shapes_subset(num_train: int, num_val: int) -> dict:
 
 def _new_model(data: dict, cell: str, seed: int = 0):
     """A fresh CaptioningRNN for the data, with the same weights for the same seed."""
-    import rnn_lstm_captioning as rlc
-
     reset_seed(seed)
     word_to_idx = data["vocab"]["token_to_idx"]
-    return rlc.CaptioningRNN(
-        word_to_idx, input_dim=400, wordvec_dim=128, hidden_dim=128, cell_type=cell,
-        image_encoder_pretrained=False, ignore_index=word_to_idx["<NULL>"],
-    )
+    config = {"input_dim": ENCODER_CHANNELS, "wordvec_dim": 128, "hidden_dim": 128, "cell_type": cell,
+              "ignore_index": word_to_idx["<NULL>"]}
+    return new_model(config, word_to_idx)
 
 
 def timed_seconds(work: Callable[[], None], device: torch.device = torch.device("cpu")) -> float:

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
+from helper.captioning.checkpoint import ENCODER_CHANNELS
 from helper.common.utils import reset_seed
 from helper.dev.bench import decoding_captions_per_second, training_images_per_second
 
@@ -119,7 +120,7 @@ def _pieces(rlc, dtype: torch.dtype, cells: Sequence[str], num_images: int) -> L
     word_to_idx = {w: i for i, w in enumerate(WORDS)}
     for cell in cells:
         reset_seed(1)
-        model = rlc.CaptioningRNN(word_to_idx, input_dim=400, wordvec_dim=16, hidden_dim=H, cell_type=cell,
+        model = rlc.CaptioningRNN(word_to_idx, input_dim=ENCODER_CHANNELS, wordvec_dim=16, hidden_dim=H, cell_type=cell,
                                   image_encoder_pretrained=False, ignore_index=0).to(dtype)
         pieces.append((f"CaptioningRNN {cell}: loss and gradients", "model", _model_loss_and_grads, (model, images, captions)))
         pieces.append((f"CaptioningRNN {cell}: greedy sample", "sample", _greedy, (model, images)))

@@ -10,8 +10,9 @@ import math
 
 import torch
 
+from helper.captioning.checkpoint import ENCODER_CHANNELS
+from helper.captioning.features import FeatureLookup, index_images, swap_image_encoder
 from helper.captioning.parts import model_parts
-from helper.captioning.training import FeatureLookup, index_images, swap_image_encoder
 from helper.kit.check_tools import CheckFailed, call, captured_stdout, expect_close, expect_tensor, values
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "red", "circle", "blue", "square", "above"]
@@ -38,7 +39,7 @@ def _model(m, cell_type: str, hidden_dim: int = 32):
     """A small CaptioningRNN of cell_type, built as the assignment builds it (ignore_index = <NULL>)."""
     torch.manual_seed(0)
     return call(
-        "CaptioningRNN", m.CaptioningRNN, WORD_TO_IDX, input_dim=400, wordvec_dim=16, hidden_dim=hidden_dim,
+        "CaptioningRNN", m.CaptioningRNN, WORD_TO_IDX, input_dim=ENCODER_CHANNELS, wordvec_dim=16, hidden_dim=hidden_dim,
         cell_type=cell_type, image_encoder_pretrained=False, ignore_index=NULL,
     )
 
@@ -111,7 +112,7 @@ def memorise(cell_type: str, steps: int = 300):
         model = _model(m, cell_type, hidden_dim=64)
         _check_pieces(m, model, cell_type)
         # Distinct fixed features per image stand in for the encoder (as in the notebook's overfitting).
-        swap_image_encoder(model, FeatureLookup(values(len(CAPTIONS), 400, 4, 4, start=2.0).float()))
+        swap_image_encoder(model, FeatureLookup(values(len(CAPTIONS), ENCODER_CHANNELS, 4, 4, start=2.0).float()))
         images = index_images(torch.arange(len(CAPTIONS)))
         optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
         model.train()

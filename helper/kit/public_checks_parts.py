@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from helper.captioning.checkpoint import ENCODER_CHANNELS
 from helper.kit.check_tools import (
     CheckFailed,
     call,
@@ -218,12 +219,12 @@ def _images(n: int = 2) -> torch.Tensor:
 
 def encoder_features(m):
     encoder = call("ImageEncoder", m.ImageEncoder, pretrained=False, verbose=False).eval()
-    if encoder.out_channels != 400:
-        raise CheckFailed(f"ImageEncoder.out_channels: expected 400, got {encoder.out_channels}")
+    if encoder.out_channels != ENCODER_CHANNELS:
+        raise CheckFailed(f"ImageEncoder.out_channels: expected {ENCODER_CHANNELS}, got {encoder.out_channels}")
     images = _images()
     with torch.no_grad():
         from_uint8 = expect_tensor("c5 features of uint8 images", call("ImageEncoder.forward", encoder, images),
-                                   (2, 400, 4, 4))
+                                   (2, ENCODER_CHANNELS, 4, 4))
         from_float = call("ImageEncoder.forward", encoder, images.float() / 255)
     expect_close("c5 features of float images in [0, 1] against uint8 images", from_float,
                  from_uint8.double(), 1e-4)

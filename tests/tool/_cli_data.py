@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from helper.captioning.checkpoint import save_checkpoint
+from helper.captioning.config import RunConfig
 from helper.data.format import END, NULL, START, make_vocab
-from helper.captioning.run import DEFAULTS, model_config
 
 WORDS = ["a", "red", "blue", "circle", "square", "above"]
 NAMING = {"red": 0, "blue": 1}  # words that name an object, and which box they name
@@ -79,10 +79,9 @@ def tiny_checkpoint(impl, path: Path, cell: str = "attn", data_path: str = "tiny
     - path
     """
     torch.manual_seed(seed)
-    config = {**DEFAULTS, "cell": cell, "data": str(data_path), "hidden_dim": 16, "wordvec_dim": 8}
-    config.update(epochs=1, batch_size=8)
+    config = RunConfig(cell=cell, data=str(data_path), hidden_dim=16, wordvec_dim=8, epochs=1, batch_size=8)
     vocab = make_vocab(WORDS)
-    model = impl.CaptioningRNN(vocab["token_to_idx"], image_encoder_pretrained=False, **model_config(config))
-    contents = {"model_config": model_config(config), "vocab": vocab, "model": model.state_dict(), "config": config}
-    save_checkpoint(path, {**contents, "epoch": 1})
+    model = impl.CaptioningRNN(vocab["token_to_idx"], image_encoder_pretrained=False, **config.model_config())
+    contents = {"model_config": config.model_config(), "vocab": vocab, "model": model.state_dict()}
+    save_checkpoint(path, {**contents, "config": config.as_dict(), "epoch": 1})
     return path

@@ -8,14 +8,17 @@ import signal
 
 import pytest
 import torch
-
-import helper.captioning.training
 from _cli_data import TINY, write_tiny_data
+
+import helper.captioning.frozen_encoder
+import helper.captioning.training
 from helper.captioning import run as train_cli
-from helper.captioning.checkpoint import load_checkpoint, save_checkpoint
-from helper.captioning.parts import model_parts
+from helper.captioning.checkpoint import load_checkpoint, new_model, save_checkpoint
+from helper.captioning.config import RunConfig, build_parser
 from helper.captioning.evaluate import evaluate_checkpoint
-from helper.captioning.training import cached_encoder, encode_images, index_images
+from helper.captioning.features import FeatureLookup, encode_images, index_images, swap_image_encoder
+from helper.captioning.outputs import check_output_dir
+from helper.captioning.parts import model_parts
 from helper.common.utils import reset_seed
 
 
@@ -111,9 +114,9 @@ def test_frozen_run_resumes_from_a_checkpoint_without_its_standardised_projectio
 def test_every_cell_type_trains_the_decoder_alone_with_a_frozen_encoder(impl, data_path, tmp_path):
     out = tmp_path / "rnn"
     assert train_cli.main(args(data_path, out, "--cell", "rnn", "--epochs", "1", "--freeze-encoder")) == 0
-    config = load_checkpoint(out / "last.pt")["config"]
-    reset_seed(config["seed"])
-    model = train_cli.new_model(config, torch.load(data_path)["vocab"], pretrained=False)
+    config = RunConfig(**load_checkpoint(out / "last.pt")["config"])
+    reset_seed(config.seed)
+    model = new_model(config.model_config(), torch.load(data_path)["vocab"]["token_to_idx"])
     initial = model.state_dict()
     trained = _weights(out / "last.pt")
     assert set(trained) == set(initial)  # the encoder is saved too
@@ -150,12 +153,13 @@ def test_cached_features_give_the_loss_and_captions_of_the_encoder(impl):
     images, captions = data["train_images"], data["train_captions"]
     features = encode_images(model_parts(model).encoder, images, batch_size=3)
     expected_loss, (expected_words, expected_attn) = model(images, captions), model.sample(images)
-    with cached_encoder(model, features):
-        stand_ins = index_images(torch.arange(4))
-        loss, (words, attn) = model(stand_ins, captions), model.sample(stand_ins)
+    _, encoder = swap_image_encoder(model, FeatureLookup(features))
+    stand_ins = index_images(torch.arange(4))
+    loss, (words, attn) = model(stand_ins, captions), model.sample(stand_ins)
     assert torch.allclose(loss, expected_loss, rtol=1e-5)
     assert torch.equal(words, expected_words) and torch.allclose(attn, expected_attn, atol=1e-6)
-    assert type(model_parts(model).encoder).__name__ == "ImageEncoder"  # put back
+    _, lookup = swap_image_encoder(model, encoder)  # and back
+    assert isinstance(lookup, FeatureLookup) and model_parts(model).encoder is encoder
 
 
 def test_feature_cache_file_is_reused_by_the_next_run(impl, data_path, tmp_path, monkeypatch):
@@ -167,7 +171,7 @@ def test_feature_cache_file_is_reused_by_the_next_run(impl, data_path, tmp_path,
     def no_encoding(*a, **k):
         raise AssertionError("the features should come from the cache file")
 
-    monkeypatch.setattr(train_cli, "encode_images", no_encoding)
+    monkeypatch.setattr(helper.captioning.frozen_encoder, "encode_images", no_encoding)
     assert train_cli.main(args(data_path, tmp_path / "second", *run)) == 0
 
 
@@ -195,7 +199,7 @@ def test_resume_refuses_options_that_change_the_run(attn_run, data_path, capsys)
 
 
 def test_force_starts_anew_in_a_folder_holding_a_run(attn_run):
-    assert train_cli.check_output_dir(attn_run, resume=False, force=True) is None
+    assert check_output_dir(attn_run, resume=False, force=True) is None
 
 
 def test_folder_with_other_files_is_refused(data_path, tmp_path, capsys):
@@ -247,10 +251,27 @@ def test_loss_curves_of_a_run_can_be_plotted(attn_run, tmp_path):
 
 
 def test_defaults_freeze_the_encoder_on_cpu_and_train_it_on_cuda(tmp_path):
-    parse = train_cli.build_parser().parse_args
-    cpu = train_cli.resolve_config(parse(["--cell", "attn", "--out", str(tmp_path)]), torch.device("cpu"))
-    cuda = train_cli.resolve_config(parse(["--cell", "attn", "--out", str(tmp_path)]), torch.device("cuda"))
-    assert cpu["freeze_encoder"] is True and cuda["freeze_encoder"] is False
-    given = train_cli.resolve_config(parse(["--cell", "attn", "--out", str(tmp_path), "--no-freeze-encoder"]),
-                                     torch.device("cpu"))
-    assert given["freeze_encoder"] is False
+    parse = build_parser().parse_args
+    cpu = RunConfig.from_args(parse(["--cell", "attn", "--out", str(tmp_path)]), torch.device("cpu"))
+    cuda = RunConfig.from_args(parse(["--cell", "attn", "--out", str(tmp_path)]), torch.device("cuda"))
+    assert cpu.freeze_encoder is True and cuda.freeze_encoder is False
+    assert (cpu.epochs, cuda.epochs) == (12, 30) and cpu.hidden_dim == cuda.hidden_dim == 256
+    given = RunConfig.from_args(parse(["--cell", "attn", "--out", str(tmp_path), "--no-freeze-encoder"]),
+                                torch.device("cpu"))
+    assert given.freeze_encoder is False
+
+
+def test_resumed_configuration_takes_the_saved_one_and_refuses_changes_to_what_defines_the_run(tmp_path):
+    parse = build_parser().parse_args
+    new = RunConfig.from_args(parse(["--cell", "lstm", "--out", str(tmp_path), "--epochs", "2"]), torch.device("cpu"))
+    saved = new.as_dict()
+    assert RunConfig(**saved) == new
+    longer = RunConfig.resumed(saved, parse(["--out", str(tmp_path), "--resume", "--epochs", "5"]))
+    assert longer.epochs == 5 and longer.cell == "lstm"
+    older = {k: v for k, v in saved.items() if k != "samples"}  # a run from before an option existed
+    resumed = RunConfig.resumed(older, parse(["--out", str(tmp_path), "--resume"]))
+    assert resumed.samples == RunConfig(cell="rnn").samples
+    with pytest.raises(ValueError, match="--resume cannot change what defines the run .*lr_decay"):
+        RunConfig.resumed(saved, parse(["--out", str(tmp_path), "--resume", "--lr-decay", "0.5"]))
+    with pytest.raises(ValueError, match="--cell is required"):
+        RunConfig.from_args(parse(["--out", str(tmp_path)]), torch.device("cpu"))

@@ -4,7 +4,7 @@ CPU (gloo) gives the weights of one process with the same global batch.
 
 The run uses --freeze-encoder: with a training encoder, batch norm would
 normalise each process's shard with its own statistics, which differ from
-the global batch's (see helper/train.py). It runs in float32 without
+the global batch's (see helper/captioning/run.py). It runs in float32 without
 autocast (--no-fast), and with a global batch of 7 that splits into
 unequal shards (4 + 3, and 1 + 1 for the last one), so that the weighting of
 each process's loss by its share is checked too.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from _cli_data import TINY, write_tiny_data
 from _impl_process import impl_process
+
 from helper.captioning import run as train_cli
 from helper.captioning.checkpoint import load_checkpoint
 

@@ -1,20 +1,21 @@
 """
 Training the decoder alone on standardised features of a frozen encoder
-(helper.captioning.training.standardise_features), and folding the standardisation
+(helper.captioning.features.standardise_features), and folding the standardisation
 into the feature projection (fold_standardisation) so that the model works
 on raw images again.
 """
 import pytest
 import torch
 
-from helper.captioning.parts import model_parts
-from helper.captioning.training import (
-    cached_encoder,
+from helper.captioning.features import (
+    FeatureLookup,
     fold_standardisation,
     index_images,
     standardise_features,
+    swap_image_encoder,
     unfold_standardisation,
 )
+from helper.captioning.parts import model_parts
 
 
 def test_standardised_features_have_zero_mean_and_unit_std_over_the_training_rows():
@@ -61,16 +62,16 @@ def test_folding_makes_a_decoder_of_standardised_features_a_model_of_raw_images(
     captions = torch.randint(1, 6, (5, 17))
     standardised, mean, std = standardise_features(raw, torch.arange(5))
     stand_ins = index_images(torch.arange(5))
-    with cached_encoder(model, standardised):
-        expected_loss, expected_sample = model(stand_ins, captions), model.sample(stand_ins)
-
     projection = model_parts(model).feature_proj
+    swap_image_encoder(model, FeatureLookup(standardised))
+    expected_loss, expected_sample = model(stand_ins, captions), model.sample(stand_ins)
+
     with torch.no_grad():
         weight, bias = fold_standardisation(projection.weight, projection.bias, mean, std)
         projection.weight.copy_(weight)
         projection.bias.copy_(bias)
-    with cached_encoder(model, raw):
-        loss, sample = model(stand_ins, captions), model.sample(stand_ins)
+    swap_image_encoder(model, FeatureLookup(raw))
+    loss, sample = model(stand_ins, captions), model.sample(stand_ins)
     assert torch.allclose(loss, expected_loss, rtol=1e-10)
     if cell == "attn":
         (sample, attn), (expected_sample, expected_attn) = sample, expected_sample

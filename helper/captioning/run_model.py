@@ -1,0 +1,109 @@
+"""
+The model of a training run in one process (RunModel): built for the run's
+configuration, set up to train (helper.captioning.training.setup_training),
+with its frozen encoder's features when the decoder trains alone, and what
+its checkpoints hold of it.
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from helper.captioning.checkpoint import new_model
+from helper.captioning.config import RunConfig
+from helper.captioning.frozen_encoder import FrozenEncoder
+from helper.captioning.parts import model_parts, unwrap_model
+from helper.captioning.processes import Processes
+from helper.captioning.training import TrainingSetup, setup_training
+from helper.common.utils import reset_seed
+
+
+@dataclass
+class RunModel:
+    """
+    - setup: the model (SyncBatchNorm with --sync-bn) on its device, its
+      optimiser, schedule and precision
+    - frozen: with --freeze-encoder, the FrozenEncoder whose features the
+      model trains on; else None
+    - net: what the training steps call: the model, or its
+      DistributedDataParallel wrapper in a distributed run
+    """
+
+    setup: TrainingSetup
+    frozen: Optional[FrozenEncoder]
+    net: nn.Module
+
+    @classmethod
+    def create(
+        cls,
+        config: RunConfig,
+        vocab: dict,
+        processes: Processes,
+        checkpoint: Optional[dict],
+        splits: Sequence[Dict[str, torch.Tensor]],
+    ) -> "RunModel":
+        """
+        Inputs:
+        - config: the run's configuration
+        - vocab: the data's vocabulary ("token_to_idx", "idx_to_token")
+        - processes: this process's place in the run (device, DDP)
+        - checkpoint: the checkpoint to resume from (its weights and
+          optimiser state), or None for a new model drawn from config.seed
+        - splits: the training and validation splits, whose images the
+          frozen encoder encodes (see FrozenEncoder.install)
+
+        Returns:
+        - the RunModel (random states are left to the caller to restore)
+        """
+        reset_seed(config.seed)
+        pretrained = config.pretrained and checkpoint is None  # a checkpoint has the weights
+        model = new_model(config.model_config(), vocab["token_to_idx"], pretrained=pretrained)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+        if config.sync_bn and processes.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if config.freeze_encoder:
+            model_parts(model).encoder.requires_grad_(False)  # before the optimiser, which leaves it out
+        setup = setup_training(model, processes.device, config.learning_rate, config.lr_decay, config.fast)
+        frozen = None
+        if config.freeze_encoder:
+            frozen = FrozenEncoder.install(model, splits, config, processes, setup.amp_dtype)
+        run_model = cls(setup, frozen, net=model)
+        if checkpoint is not None:
+            run_model.restore(checkpoint)
+        if processes.distributed:  # DDP starts from rank 0's weights: wrap the model complete
+            device_ids = [processes.device] if processes.device.type == "cuda" else None
+            run_model.net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return run_model
+
+    def restore(self, checkpoint: dict) -> None:
+        """Take up a checkpoint's optimiser, schedule and gradient-scaler states (and the projection as trained)."""
+        if self.frozen is not None:
+            self.frozen.restore(checkpoint)
+        setup = self.setup
+        setup.optimizer.load_state_dict(checkpoint["optimizer"])
+        setup.scheduler.load_state_dict(checkpoint["scheduler"])
+        if setup.scaler is not None and checkpoint.get("scaler") is not None:
+            setup.scaler.load_state_dict(checkpoint["scaler"])
+
+    def checkpoint_state(self) -> dict:
+        """
+        What a checkpoint holds of the model (plain data and CPU tensors):
+        - model: the state_dict of a model of raw images (see FrozenEncoder.weights)
+        - standardised_projection: see FrozenEncoder.projection_state; None
+          without a frozen encoder
+        - optimizer, scheduler, scaler: their state_dicts (scaler or None)
+        """
+        setup, frozen = self.setup, self.frozen
+        if frozen is not None:
+            weights = frozen.weights()
+        else:
+            weights = {k: v.detach().cpu() for k, v in unwrap_model(setup.model).state_dict().items()}
+        return {
+            "model": weights,
+            "standardised_projection": frozen.projection_state() if frozen is not None else None,
+            "optimizer": setup.optimizer.state_dict(),
+            "scheduler": setup.scheduler.state_dict(),
+            "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
+        }
