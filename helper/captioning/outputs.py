@@ -5,6 +5,7 @@ what rank 0 writes as the run goes on (RunReport): checkpoints, metrics.json
 with the validation scores (validation_metrics), a line per epoch, and
 samples.png (write_samples).
 """
+import json
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,33 @@ def clear_output_dir(out: Path, resuming: bool) -> None:
     if not resuming:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+
+
+def finished_outputs(out: Path, checkpoint: dict, epochs: int) -> Optional[dict]:
+    """
+    The metrics.json of a resumed run that has nothing left to do: its
+    checkpoint has done `epochs` epochs and its final outputs are written.
+
+    Inputs:
+    - out: the output folder
+    - checkpoint: the contents of out/last.pt
+    - epochs: the run's --epochs
+
+    Returns:
+    - the contents of out/metrics.json; None when the run trains on, or
+      when it was stopped before writing its final outputs (then the run
+      writes them again)
+    """
+    if checkpoint["epoch"] < epochs:
+        return None
+    metrics, samples = out / "metrics.json", out / "samples.png"
+    if not metrics.is_file() or ((out / "best.pt").is_file() and not samples.is_file()):
+        return None
+    try:
+        result = json.loads(metrics.read_text())
+    except ValueError:  # written atomically, so only a foreign file fails here: write it anew
+        return None
+    return result if isinstance(result, dict) and result.get("epochs_done") == checkpoint["epoch"] else None
 
 
 def validation_metrics(

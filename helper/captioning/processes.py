@@ -107,7 +107,8 @@ class GracefulStop:
     """
     While active, the first Ctrl-C (SIGINT) or SIGTERM only asks training to
     stop after the current step, so that the state it saves is consistent;
-    a second Ctrl-C interrupts at once.
+    a second Ctrl-C interrupts at once. A SIGINT that the process ignores
+    (a shell's background job) stays ignored.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -126,7 +127,10 @@ class GracefulStop:
         # Signal handlers can only be set from the main thread.
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                # A shell starts background jobs with SIGINT ignored, so that a Ctrl-C meant for the
+                # foreground leaves them running; keep it ignored, as the rest of the run does.
+                if not (sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN):
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc):

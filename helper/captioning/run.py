@@ -59,7 +59,7 @@ from helper.captioning.checkpoint import set_rng_state
 from helper.captioning.config import RunConfig, build_parser
 from helper.captioning.features import index_images
 from helper.captioning.frozen_encoder import FrozenEncoder
-from helper.captioning.outputs import RunReport, check_output_dir, clear_output_dir
+from helper.captioning.outputs import RunReport, check_output_dir, clear_output_dir, finished_outputs
 from helper.captioning.processes import GracefulStop, Processes, start_processes, stop_processes
 from helper.captioning.run_model import RunModel
 from helper.captioning.run_state import RunState
@@ -98,6 +98,12 @@ def train_from_args(args: argparse.Namespace, data: Optional[dict] = None) -> di
         else:
             config = RunConfig.from_args(args, processes.device)
         config.check(processes.device)
+        # A finished run has nothing to do: say so before loading the data and encoding features.
+        finished = finished_outputs(args.out, checkpoint, config.epochs) if checkpoint and processes.is_main else None
+        if processes.from_main(finished is not None):
+            if processes.is_main:
+                print(_finished_line(args.out, checkpoint["epoch"]))
+            return finished or {}
         if processes.is_main:
             clear_output_dir(args.out, resuming=checkpoint is not None)
         if data is None:
@@ -259,7 +265,7 @@ class TrainingRun:
         """
         config, state, num_train = self.config, self.state, len(self.captions)
         if state.epoch >= config.epochs:
-            self.say(f"the run in {self.out} has done {state.epoch} epochs; pass --epochs N to train longer")
+            self.say(_finished_line(self.out, state.epoch))
             return self.finish()
         self.say(_plan(self))
         done = min(state.epoch * num_train + state.step * config.batch_size, config.epochs * num_train)
@@ -287,6 +293,11 @@ class TrainingRun:
         result = self.report.finish(self.data.real_val) if self.processes.is_main else {}
         self.processes.barrier()
         return result
+
+
+def _finished_line(out: Path, epochs_done: int) -> str:
+    """The line that says a resumed run has no epochs left."""
+    return f"the run in {out} has done {epochs_done} epochs; pass --epochs N to train longer"
 
 
 def _plan(run: TrainingRun) -> str:

@@ -18,6 +18,7 @@ from helper.captioning.config import RunConfig, build_parser
 from helper.captioning.evaluate import evaluate_checkpoint
 from helper.captioning.features import FeatureLookup, encode_images, index_images, swap_image_encoder
 from helper.captioning.outputs import check_output_dir
+from helper.captioning.processes import GracefulStop
 from helper.captioning.parts import model_parts
 from helper.common.utils import reset_seed
 
@@ -92,6 +93,61 @@ def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_p
     # A finished run trains on when given more epochs.
     assert train_cli.main(["--out", str(interrupted), "--resume", "--epochs", "3", "--no-progress"]) == 0
     assert json.loads((interrupted / "metrics.json").read_text())["epochs_done"] == 3
+
+
+def _copy_run(run, out):
+    out.mkdir()
+    for path in run.iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    return out
+
+
+def test_resuming_a_finished_run_loads_no_data_and_leaves_its_outputs_as_they_are(
+    attn_run, tmp_path, monkeypatch, capsys
+):
+    out = _copy_run(attn_run, tmp_path / "attn")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def no_loading(*a, **k):
+        raise AssertionError("a finished run has nothing to train: no data to load, no features to encode")
+
+    monkeypatch.setattr(train_cli, "load_dataset", no_loading)
+    assert train_cli.main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "has done 1 epochs; pass --epochs N" in capsys.readouterr().out
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_resuming_a_finished_run_stopped_before_its_final_outputs_writes_them(attn_run, tmp_path):
+    out = _copy_run(attn_run, tmp_path / "attn")
+    (out / "samples.png").unlink()
+    assert train_cli.main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_first_ctrl_c_asks_to_stop_the_second_stops_at_once_and_the_handlers_come_back():
+    before = {sig: signal.getsignal(sig) for sig in GracefulStop.SIGNALS}
+    with GracefulStop() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert {sig: signal.getsignal(sig) for sig in GracefulStop.SIGNALS} == before
+
+
+def test_ctrl_c_stays_ignored_where_the_shell_ignores_it_and_sigterm_still_asks_to_stop():
+    # A shell starts background jobs with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with GracefulStop() as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert not stop.requested
+            assert signal.getsignal(signal.SIGTERM) == stop._handle  # else SIGTERM would end pytest
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.requested
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_frozen_run_resumes_from_a_checkpoint_without_its_standardised_projection(impl, data_path, tmp_path):
