@@ -4,6 +4,7 @@ cached encoder features, and clear errors for bad input. Runs are tiny
 (16 training images, 4 validation images, H = 16) and in float32.
 """
 import json
+import shutil
 import signal
 
 import pytest
@@ -18,8 +19,8 @@ from helper.captioning.config import RunConfig, build_parser
 from helper.captioning.evaluate import evaluate_checkpoint
 from helper.captioning.features import FeatureLookup, encode_images, index_images, swap_image_encoder
 from helper.captioning.outputs import check_output_dir
-from helper.captioning.processes import GracefulStop
 from helper.captioning.parts import model_parts
+from helper.captioning.processes import GracefulStop
 from helper.common.utils import reset_seed
 
 
@@ -95,17 +96,10 @@ def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_p
     assert json.loads((interrupted / "metrics.json").read_text())["epochs_done"] == 3
 
 
-def _copy_run(run, out):
-    out.mkdir()
-    for path in run.iterdir():
-        (out / path.name).write_bytes(path.read_bytes())
-    return out
-
-
 def test_resuming_a_finished_run_loads_no_data_and_leaves_its_outputs_as_they_are(
     attn_run, tmp_path, monkeypatch, capsys
 ):
-    out = _copy_run(attn_run, tmp_path / "attn")
+    out = shutil.copytree(attn_run, tmp_path / "attn")
     before = {path.name: path.read_bytes() for path in out.iterdir()}
 
     def no_loading(*a, **k):
@@ -118,7 +112,7 @@ def test_resuming_a_finished_run_loads_no_data_and_leaves_its_outputs_as_they_ar
 
 
 def test_resuming_a_finished_run_stopped_before_its_final_outputs_writes_them(attn_run, tmp_path):
-    out = _copy_run(attn_run, tmp_path / "attn")
+    out = shutil.copytree(attn_run, tmp_path / "attn")
     (out / "samples.png").unlink()
     assert train_cli.main(["--out", str(out), "--resume", "--no-progress"]) == 0
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
