@@ -16,9 +16,13 @@ Choose the file under test with
     pytest tests --impl path/to/rnn_lstm_captioning.py
     CAPTIONING_IMPL=path/to/rnn_lstm_captioning.py pytest tests
 
-By default the repo's own module is tested. The chosen file is also placed
-in sys.modules under the name `rnn_lstm_captioning`, so that helper code that
-imports the module sees the implementation under test.
+By default the repo's own module is tested. The graded and beyond tests
+never import it here: they judge it through a worker process
+(helper.grading), inside bubblewrap where it works (`--sandbox required`
+refuses to run without it, `--sandbox off` never uses it). The tool tests
+(tests/tool) use the module in this process, placed in sys.modules under the
+name `rnn_lstm_captioning`, so that helper code that imports the module sees
+the implementation under test.
 
 A check beyond the assignment that fails is reported (as xfail, and in the
 summary), and does not fail the run, unless `--beyond strict` (or
@@ -33,20 +37,17 @@ from pathlib import Path
 import pytest
 import torch.hub
 
-# Before the module under test is imported: _grading takes its private
-# references to the comparison functions, and the snapshot records torch's.
-import _grading  # noqa: F401
-from _tamper import Snapshot
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMPL = REPO_ROOT / "rnn_lstm_captioning.py"
 sys.path.insert(0, str(REPO_ROOT))
-from helper.kit import rubric# noqa: E402
+import _grading  # noqa: E402
 from helper.common.utils import import_file  # noqa: E402
+from helper.grading.remote import Worker  # noqa: E402
+from helper.grading.sandbox import Limits, bwrap_path, sandbox_problem  # noqa: E402
+from helper.kit import rubric  # noqa: E402
 
-SNAPSHOT = Snapshot()
-# What the run recorded: graded and beyond tests by node id, and the first tampering seen.
-_STATE = {"tests": {}, "beyond": {}, "tampering": []}
+# What the run recorded: graded and beyond tests by node id.
+_STATE = {"tests": {}, "beyond": {}}
 GRADING_DIR = Path(__file__).resolve().parent / "grading"
 BEYOND_DIR = Path(__file__).resolve().parent / "beyond"
 
@@ -66,11 +67,25 @@ def pytest_addoption(parser):
         "(strict; default from $CAPTIONING_BEYOND)",
     )
     parser.addoption("--grade-json", default=None, help="write the grade (points per part and test) to this file")
+    parser.addoption(
+        "--sandbox",
+        choices=("auto", "required", "off"),
+        default="auto",
+        help="run the module's worker in bubblewrap: where it works (auto), or refuse to grade without it "
+        "(required), or never (off)",
+    )
+    parser.addoption("--check-timeout", type=float, default=120.0, help="seconds one call into the module may take")
+    parser.addoption("--sandbox-uid", type=int, default=None, help="the sandbox's user when run as root")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "part(key): the part of helper.kit.rubric that a graded test belongs to")
     config.addinivalue_line("markers", "beyond: checks what our module does beyond the contract (never graded)")
+    config.addinivalue_line(
+        "markers",
+        "unscored: a graded check of given code, or of names and shapes alone, that a module computing nothing "
+        "could pass: reported with its part, worth 0 points",
+    )
 
 
 def impl_path(config) -> Path:
@@ -89,10 +104,31 @@ def beyond_mode(config) -> str:
 
 @pytest.fixture(scope="session")
 def impl(request):
-    """The captioning module under test."""
-    module = import_file(impl_path(request.config))
-    _note_tampering(request.config, "when it was imported")
-    return module
+    """The captioning module under test, imported in this process (for the tool's tests)."""
+    return import_file(impl_path(request.config))
+
+
+def sandbox_of(config):
+    """bwrap's path for the worker, or None (see --sandbox); a UsageError when it is required and missing."""
+    mode = config.getoption("--sandbox")
+    if mode == "off":
+        return None
+    if mode == "required" and sandbox_problem():
+        raise pytest.UsageError(f"--sandbox required: {sandbox_problem()}")
+    return bwrap_path()
+
+
+@pytest.fixture(scope="session")
+def impl_in_worker(request, tmp_path_factory):
+    """The module under test, in a worker process of its own (the graded and beyond tests' `impl`)."""
+    config = request.config
+    shared = tmp_path_factory.mktemp("worker-shared")  # files the tests lay out for the worker, read-only there
+    shared.chmod(0o755)
+    worker = Worker(impl_path(config), bwrap=sandbox_of(config), timeout=config.getoption("--check-timeout"),
+                    limits=Limits(seconds=24 * 3600), uid=config.getoption("--sandbox-uid"), readable=[shared])
+    _grading._WORKER.update(worker=worker, shared=shared)
+    yield _grading.ModuleInWorker()
+    worker.close()
 
 
 @pytest.fixture
@@ -105,15 +141,13 @@ def hub_dir(tmp_path, monkeypatch):
     return hub
 
 
-def _note_tampering(config, when: str):
-    """Record the functions that the module under test replaced, if any."""
-    changed = SNAPSHOT.changes()
-    if changed and not _STATE["tampering"]:
-        _STATE["tampering"].append(f"{when}, the module under test replaced {', '.join(changed[:8])}")
-
-
 def pytest_report_header(config):
-    return f"captioning implementation under test: {impl_path(config)}; beyond the contract: {beyond_mode(config)}"
+    mode = config.getoption("--sandbox")
+    where = "no sandbox" if mode == "off" or sandbox_problem() else "bubblewrap"
+    if mode != "off" and sandbox_problem():
+        where += f" ({sandbox_problem()})"
+    return (f"captioning implementation under test: {impl_path(config)}; beyond the contract: {beyond_mode(config)}; "
+            f"its worker: {where}")
 
 
 # ---------------------------------------------------------------------------
@@ -134,21 +168,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """Share each part's points among its test cases that will run."""
+    """Share each part's points among its scored test cases that will run (unscored ones get 0)."""
     counts = {}
     for item in session.items:
         marker = item.get_closest_marker("part")
-        if marker is not None:
+        if marker is not None and item.get_closest_marker("unscored") is None:
             counts[marker.args[0]] = counts.get(marker.args[0], 0) + 1
     for item in session.items:
         marker = item.get_closest_marker("part")
         if marker is not None:
             key = marker.args[0]
-            item.user_properties.append(("points", rubric.part(key).points / counts[key]))
+            scored = item.get_closest_marker("unscored") is None and counts.get(key)
+            item.user_properties.append(("points", rubric.part(key).points / counts[key] if scored else 0.0))
 
 
 # ---------------------------------------------------------------------------
-# Outcomes: tampering fails graded tests; beyond-the-contract failures are reported
+# Outcomes: beyond-the-contract failures are reported
 # ---------------------------------------------------------------------------
 
 
@@ -160,13 +195,6 @@ def pytest_runtest_makereport(item, call):
     part = item.get_closest_marker("part")
     if part is not None:
         report.user_properties.append(("part", part.args[0]))
-        if report.when == "call":
-            _note_tampering(config, f"during {item.name}")
-        if _STATE["tampering"]:
-            report.user_properties.append(("tampering", _STATE["tampering"][0]))
-            if report.when == "call":
-                report.outcome = "failed"
-                report.longrepr = f"grading refused: {_STATE['tampering'][0]}"
     if item.get_closest_marker("beyond") is not None:
         report.user_properties.append(("beyond", True))
         if report.failed and beyond_mode(config) == "report":
@@ -187,8 +215,6 @@ def pytest_runtest_logreport(report):
     properties = dict(report.user_properties)
     if "part" not in properties and "beyond" not in properties:
         return
-    if properties.get("tampering") and not _STATE["tampering"]:
-        _STATE["tampering"].append(properties["tampering"])
     failed = report.failed or hasattr(report, "wasxfail")
     if report.when != "call" and not failed:
         return
@@ -207,11 +233,10 @@ def pytest_runtest_logreport(report):
 
 
 def grade(config) -> dict:
-    """The grade of the run: points per part and per graded test, the checks beyond, and any tampering."""
+    """The grade of the run: points per part and per graded test, and the checks beyond."""
     tests = list(_STATE["tests"].values())
-    tampered = bool(_STATE["tampering"])
     for entry in tests:
-        entry["earned"] = entry["points"] if entry["outcome"] == "passed" and not tampered else 0.0
+        entry["earned"] = entry["points"] if entry["outcome"] == "passed" else 0.0
     parts = []
     for part in rubric.PARTS:
         mine = [t for t in tests if t["part"] == part.key]
@@ -233,7 +258,6 @@ def grade(config) -> dict:
         "parts": parts,
         "tests": tests,
         "beyond": list(_STATE["beyond"].values()),
-        "tampering": _STATE["tampering"][0] if tampered else None,
     }
 
 
@@ -248,8 +272,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 f"   ({part['passed']} of {part['tests']} checks)"
             )
         write(f"{'total':<62} {result['total']:6.2f} / {result['max_total']:g}")
-        if result["tampering"]:
-            write(f"grading refused: {result['tampering']}")
     if result["beyond"]:
         terminalreporter.section("beyond the assignment (our module's extras; never graded)")
         unmet = [b for b in result["beyond"] if b["outcome"] != "passed"]
