@@ -230,6 +230,24 @@ def pytest_runtest_logreport(report):
     previous = table.get(report.nodeid)
     if previous is None or previous["outcome"] == "passed":
         table[report.nodeid] = entry
+    _write_grade(_CONFIG["config"])  # after every check: a judge stopped at its time limit keeps what it found
+
+
+_CONFIG = {"config": None}
+
+
+def pytest_sessionstart(session):
+    _CONFIG["config"] = session.config
+
+
+def _write_grade(config) -> None:
+    """The grade so far to --grade-json, written under a temporary name and renamed."""
+    path = config.getoption("--grade-json") if config is not None else None
+    if path:
+        path = Path(path)
+        temporary = path.with_name(path.name + ".partial")
+        temporary.write_text(json.dumps(grade(config), indent=2))
+        temporary.replace(path)
 
 
 def grade(config) -> dict:
@@ -278,9 +296,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         write(f"{len(result['beyond']) - len(unmet)} of {len(result['beyond'])} checks met")
         for entry in unmet:
             write(f"not met: {entry['nodeid']}: {entry['message']}")
-    path = config.getoption("--grade-json")
-    if path:
-        path = Path(path)
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_text(json.dumps(result, indent=2))
-        temporary.replace(path)
+    _write_grade(config)

@@ -28,6 +28,22 @@ def set_env(name: str, value: str) -> None:
     os.environ[name] = value
 
 
+def replace_env(name: str, value: Optional[str]) -> Optional[str]:
+    """
+    Set (or, for None, remove) an environment variable of the worker and
+    return its previous value (None: it was unset), so that the judge can
+    restore it (TORCH_HOME for a test's own weight cache).
+    """
+    import os
+
+    previous = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    return previous
+
+
 def parameters(module: torch.nn.Module, recurse: bool = False) -> Dict[str, torch.Tensor]:
     """The module's parameters by name (its own only, unless recurse), detached copies."""
     return {name: p.detach().clone() for name, p in module.named_parameters(recurse=recurse)}
@@ -139,3 +155,16 @@ def greedy_captions(model: torch.nn.Module, images: torch.Tensor, max_length: in
             words = result[0] if isinstance(result, tuple) else result
             captions.append(torch.as_tensor(words).long().cpu())
     return torch.cat(captions)
+
+
+def public_check(part_key: str, name: str) -> dict:
+    """
+    Run the self-check's public check `name` of a part on the module
+    (helper.kit.selfcheck; a worker started with the whole helper/).
+
+    Returns:
+    - {"status": pass, todo, fail or error, "detail"}
+    """
+    from helper.kit.selfcheck import run_check
+
+    return run_check(sys.modules["rnn_lstm_captioning"], part_key, name)

@@ -87,7 +87,7 @@ class Worker:
 
     def __init__(self, module_path: Path, bwrap: Optional[str] = None, timeout: float = 60.0,
                  limits: Limits = Limits(), uid: Optional[int] = None, threads: Optional[int] = None,
-                 readable: Sequence[Path] = (), max_starts: int = 25):
+                 readable: Sequence[Path] = (), max_starts: int = 25, code_root: Optional[Path] = None):
         """
         Inputs:
         - module_path: the module under test (copied; the copy is what runs)
@@ -98,9 +98,14 @@ class Worker:
         - threads: OMP/MKL threads of the worker (default: this process's)
         - readable: more folders the worker may read (a weight cache the judge lays out)
         - max_starts: starts at most; then every request fails
+        - code_root: run the worker with this folder's helper/ (all of it: the probes may then import more
+          of it, as the students' self-check does) instead of a copy of the engine alone; no sandbox then
         """
         self.module_path, self.bwrap, self.timeout = Path(module_path), bwrap, timeout
         self.limits, self.uid, self.readable, self.max_starts = limits, uid, list(readable), max_starts
+        if code_root is not None and bwrap is not None:
+            raise ValueError("a worker with the whole helper/ (code_root) runs without the sandbox")
+        self.code_root = code_root
         self.threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
         self.scratch = Path(tempfile.mkdtemp(prefix="worker-"))
         self.scratch.chmod(0o755)  # the sandbox's user reads the runtime and the module copy
@@ -129,7 +134,7 @@ class Worker:
         threads = str(self.threads)
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
-            "PYTHONPATH": str(self.scratch / "runtime"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+            "PYTHONPATH": str(self.code_root or self.scratch / "runtime"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
             "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MPLBACKEND": "Agg",
             "TORCH_HOME": "/tmp/torch",
         }
@@ -247,8 +252,8 @@ class Worker:
             self._stop()
             raise WorkerLost(f"stopped after {timeout:g} s: the call did not return in time") from None
         except (EOFError, BrokenPipeError, OSError):
-            why = self._stop() or "ended"
-            raise WorkerLost(f"the worker process {why} during the call") from None
+            why = self._stop()
+            raise WorkerLost("the worker process ended during the call" + (f": {why}" if why else "")) from None
         except protocol.ProtocolError as error:
             self._stop()
             raise WorkerLost(f"the worker sent a malformed reply ({error})") from None

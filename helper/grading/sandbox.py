@@ -45,6 +45,10 @@ SIGNAL_NAMES = {
 }
 
 
+class SandboxUnavailable(OSError):
+    """The sandbox does not work here (the message says why and how to install it)."""
+
+
 @dataclass
 class Limits:
     """What one sandboxed process may use."""

@@ -1,38 +1,28 @@
 """
-The trained model of a submission, for helper.grade: loaded weights only,
-captioned by the submission's own CaptioningRNN in its sandbox, scored by
-the grader.
-
-The grader (trusted) reads the weights file with torch.load(weights_only=True)
-(helper.captioning.checkpoint.load_checkpoint: tensors and plain data, never code) and
-the validation split of the data the model was trained on, and writes a job
-file: the state dict, the model's arguments, the vocabulary and the distinct
-validation images, without their references. The child
-
-    python -m helper.instructor.grade_model MODULE JOB OUT
-
-builds the submission's CaptioningRNN, loads the state dict (strict), and
-captions the images greedily into OUT (an int64 tensor). The grader checks
-what came back, decodes it and scores it against the references, which never
-entered the sandbox: BLEU-4, CIDEr-D and the share of exact matches
-(helper.captioning.metrics). Points follow a threshold table: the most points of a row
-whose metric reaches its threshold.
+The trained model of a submission, for helper.grade: read as tensors and
+plain data before any of the submission's code runs
+(helper.instructor.handin), built by the submission's own CaptioningRNN in a
+worker (helper.grading, in the sandbox), which receives the grader's
+validation images and sends back word indices; nothing else. The references
+never leave the grader, the data set is the grader's own (--model-data; the
+checkpoint's config never names a file), and the captions are scored here:
+BLEU-4, CIDEr-D and the share of exact matches (helper.captioning.metrics).
+Points follow a threshold table: the most points of a row whose metric
+reaches its threshold.
 """
 import re
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from helper.captioning.checkpoint import describe, load_checkpoint
 from helper.captioning.decoding import decode_captions
 from helper.captioning.metrics import caption_metrics, tokenize
-from helper.common.utils import import_file
 from helper.data.datasets import load_dataset
 from helper.data.format import references_by_image
+from helper.grading.remote import RemoteError, Worker, WorkerLost
+from helper.grading.sandbox import Limits
 
-MAX_WEIGHTS_BYTES = 500 << 20
 DEFAULT_TABLE = "exact>=0.5:10,exact>=0.25:7,cider>=3:4,cider>=1:2"
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "exact")
 
@@ -73,109 +63,63 @@ def load_data_cached(name: str, cache: dict) -> dict:
     return cache[name]
 
 
-def prepare_job(weights: Path, job: Path, data_name: Optional[str], max_images: Optional[int], cache: dict) -> dict:
+def grade_model(checkpoint: dict, module: Path, options, uid: Optional[int] = None) -> Dict[str, float]:
     """
-    Read a submitted weights file and write the child's job file.
+    Caption the grader's validation images with the submitted model, built
+    by the submission's own CaptioningRNN in a worker (helper.grading), and
+    score the captions here.
 
     Inputs:
-    - weights: the submitted checkpoint (helper.train's format)
-    - job: the file to write (inside the sandbox's read-only folder)
-    - data_name: the data to score on; None for the one the model was trained on
-    - max_images: score the first N distinct validation images only
-    - cache: loaded data sets, shared over the batch
+    - checkpoint: the submitted checkpoint, read before any of the submission's code ran
+    - module: the submission's module
+    - options: the grader's options (model_data, model_images, data_cache, bwrap, test_timeout, memory_gb, threads)
+    - uid: the sandbox's user
 
     Returns:
-    - {"references", "idx_to_word", "model"} for score_captions
-
-    Raises ValueError with the reason when the file is missing, too big,
-    damaged, not a checkpoint, or made for other data.
+    - the metrics (score_captions); ValueError with the reason when the
+      checkpoint is not a model of the grader's data or captioning fails
     """
-    if not weights.is_file():
-        raise ValueError(f"no trained model in the submission (expected {weights.name})")
-    if weights.stat().st_size > MAX_WEIGHTS_BYTES:
-        raise ValueError(f"{weights.name} is larger than {MAX_WEIGHTS_BYTES >> 20} MB")
-    checkpoint = load_checkpoint(weights)  # weights_only: no code runs
     try:
         state, config, vocab = checkpoint["model"], dict(checkpoint["model_config"]), checkpoint["vocab"]
-        name = data_name or checkpoint["config"]["data"]
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{weights.name} lacks {error} (not a model saved by the notebook's training)") from error
+        idx_to_word = list(vocab["idx_to_token"])
+        word_to_idx = {str(k): int(v) for k, v in dict(vocab["token_to_idx"]).items()}
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"the model lacks {error} (not a model saved by the notebook's training)") from error
+    # The grader's own data: the checkpoint's config never chooses a file.
+    data = load_data_cached(options.model_data, options.data_cache)
+    if idx_to_word != list(data["vocab"]["idx_to_token"]):
+        raise ValueError(f"the model has another vocabulary than the grader's data {options.model_data!r}")
+    split = validation_split(data, options.model_images)
+    worker = Worker(module, bwrap=options.bwrap, timeout=options.time_limit, uid=uid, threads=options.threads,
+                    limits=Limits(seconds=options.time_limit, memory_bytes=int(options.memory_gb * (1 << 30))),
+                    max_starts=1)
     try:
-        data = load_data_cached(str(name), cache)
-    except Exception as error:  # noqa: BLE001 - any failure to load is a reason, not a crash of the batch
-        raise ValueError(f"cannot load the data {name!r} the model was trained on: {error}") from error
-    if list(vocab["idx_to_token"]) != list(data["vocab"]["idx_to_token"]):
-        raise ValueError(f"{weights.name} has another vocabulary than the data {name!r}")
-    split = validation_split(data, max_images)
-    torch.save(
-        {"state": state, "config": config, "word_to_idx": dict(vocab["token_to_idx"]), "images": split["images"]},
-        job,
-    )
-    return {
-        "references": split["references"],
-        "idx_to_word": list(vocab["idx_to_token"]),
-        "model": describe(checkpoint),
-        "data": str(name),
-    }
+        model = worker.module().CaptioningRNN(word_to_idx, image_encoder_pretrained=False, **config)
+        worker.probe("load_state", model, state)
+        captions = worker.probe("greedy_captions", model, split["images"])
+    except (RemoteError, WorkerLost) as error:
+        raise ValueError(f"captioning with the submitted model failed: {error}") from None
+    finally:
+        worker.close()
+    return score_captions(captions, split["references"], idx_to_word)
 
 
-def score_captions(out: Path, prepared: dict) -> Dict[str, float]:
+def score_captions(captions, references: List[List[str]], idx_to_word: List[str]) -> Dict[str, float]:
     """
-    Score the captions the child wrote.
+    Score the captions the worker sent.
 
     Returns:
-    - {"bleu1".."bleu4", "cider", "exact"}; ValueError when the file is
-      missing or not an int tensor with one row per image
+    - {"bleu1".."bleu4", "cider", "exact"}; ValueError when they are not an
+      int tensor of word indices with one row per image
     """
-    if not out.is_file():
-        raise ValueError("the model produced no captions")
-    captions = torch.load(out, weights_only=True)
-    count = len(prepared["references"])
+    count = len(references)
     if not isinstance(captions, torch.Tensor) or captions.dim() != 2 or len(captions) != count:
         raise ValueError(f"the model's captions are not a (N={count}, T) tensor of word indices")
     if captions.dtype not in (torch.int64, torch.int32) or captions.numel() and (
-        captions.min() < 0 or captions.max() >= len(prepared["idx_to_word"])
+        captions.min() < 0 or captions.max() >= len(idx_to_word)
     ):
         raise ValueError("the model's captions hold values that are not word indices")
-    predictions = [tokenize(t) for t in decode_captions(captions.long(), prepared["idx_to_word"])]
-    metrics = caption_metrics(predictions, prepared["references"])
-    metrics["exact"] = sum(p in refs for p, refs in zip(predictions, prepared["references"])) / count
+    predictions = [tokenize(t) for t in decode_captions(captions.long(), idx_to_word)]
+    metrics = caption_metrics(predictions, references)
+    metrics["exact"] = sum(p in refs for p, refs in zip(predictions, references)) / count
     return metrics
-
-
-def caption_job(module_path: Path, job_path: Path, out: Path, batch_size: int = 100) -> None:
-    """The child's work (see the module docstring): build, load, caption, save."""
-    from helper.captioning.decoding import generate_captions
-
-    module = import_file(module_path)
-    job = torch.load(job_path, weights_only=True)
-    model = module.CaptioningRNN(job["word_to_idx"], image_encoder_pretrained=False, **job["config"])
-    model.load_state_dict(job["state"])
-    model.eval()
-    captions = []
-    with torch.no_grad():
-        for start in range(0, len(job["images"]), batch_size):
-            batch, _ = generate_captions(model, job["images"][start : start + batch_size], 1, 16, 0.0)
-            captions.append(torch.as_tensor(batch).long().cpu())
-    torch.save(torch.cat(captions), out)
-
-
-def error_file(out: Path) -> Path:
-    """Where the child writes why captioning failed."""
-    return out.with_suffix(".error")
-
-
-def main(argv) -> int:
-    """The child's command line: MODULE JOB OUT; 1 (and OUT.error saying why) when captioning fails."""
-    out = Path(argv[2])
-    try:
-        caption_job(Path(argv[0]), Path(argv[1]), out)
-    except Exception as error:  # noqa: BLE001 - whatever the submission raises is the reason
-        lines = str(error).strip().splitlines()
-        error_file(out).write_text(f"{type(error).__name__}: {' '.join(l.strip() for l in lines[:3])}"[:500])
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

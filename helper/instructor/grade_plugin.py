@@ -1,75 +1,59 @@
 """
-The pytest plugin of the batch grader (helper.grade), loaded with
-`-p helper.instructor.grade_plugin` in the process that runs a submission's checks.
+The pytest plugin of the notebook's judge (helper.instructor.grade_notebook),
+loaded with `-p helper.instructor.grade_plugin` in the process that runs
+`pytest --nbval` on a handed-in notebook. That process is the grader's own:
+only the notebook's kernel runs the submission's code, in the sandbox.
 
-It streams what happens, test by test, to the file named by $GRADE_EVENTS
-(one JSON object a line, flushed at once), so that the grader still knows
-which checks finished, and how, when the process dies, hangs or is killed:
-
-    {"event": "collected", "items": [{"nodeid", "part", "kind"}]}
-    {"event": "start", "nodeid"}
-    {"event": "report", "nodeid", "outcome", "message"}
-    {"event": "finished", "exitstatus"}
-
-kind is "graded" (a file of tests/grading: part is its rubric key),
-"beyond" (tests/beyond), "canary" (a check planted by the grader that must
-fail) or "notebook" (a cell under nbval). Messages hold the exception's own
-text only (what was expected and what came), never a traceback of the
-grading suite's code.
-
-It also stops a check that runs longer than $GRADE_TEST_TIMEOUT seconds
-(SIGALRM: a Python loop or a sleep is interrupted, a hang inside C code is
-left to the grader's time limit), moves the canaries behind the tests of
-each graded file (so they run after the submission is imported), and under
-nbval ignores stderr outputs (warnings of a library are not the student's).
-
-The plugin runs in the same process as the submission's code, so the
-stream is evidence, not proof: see helper.grade for how it is checked.
+- It starts the kernel in the sandbox ($GRADE_KERNEL: the sandbox's
+  settings), connected through Unix sockets in a folder both can reach (the
+  sandbox has no network, so no TCP).
+- It streams each cell's outcome to the file $GRADE_EVENTS (one JSON object a
+  line, flushed at once: {"event": "report", "nodeid", "outcome", "message"}),
+  so that the grader knows how far the notebook got when the run is stopped.
+- It stops a cell that runs longer than $GRADE_TEST_TIMEOUT seconds (nbval's
+  own cell timeout comes first), and ignores stderr outputs (warnings of a
+  library are not the student's).
 """
 import json
 import os
-import re
 import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
 
 import pytest
 
-# Test files of tests/grading and their rubric parts, for files without a
-# `pytest.mark.part` marker.
-PART_OF_FILE = {
-    "test_rnn.py": "rnn",
-    "test_embedding_loss.py": "embedding_loss",
-    "test_lstm.py": "lstm",
-    "test_attention.py": "attention",
-    "test_encoder.py": "encoder",
-    "test_captioning_model.py": "captioning",
-}
+KERNEL_ENV = "GRADE_KERNEL"
 MAX_MESSAGE = 1500
 
-
-class TestTimeout(BaseException):
-    """A check ran past its time limit (BaseException: `except Exception` in a submission cannot swallow it)."""
-
-
 _stream = None
-_canaries = None  # the folder name of the grader's canaries
+
+
+@dataclass
+class CellRun:
+    """One cell's outcome in the notebook's run."""
+
+    nodeid: str
+    outcome: str  # passed, failed, skipped, error, not run
+    message: str = ""
 
 
 def _emit(record: dict) -> None:
-    """Write one event line to the stream, at once."""
     if _stream is not None:
         _stream.write(json.dumps(record) + "\n")
         _stream.flush()
 
 
 def pytest_configure(config):
-    global _stream, _canaries
-    # Taken out of the environment before any submission code runs, so that it cannot read them there.
-    path = os.environ.pop("GRADE_EVENTS", None)
-    _canaries = os.environ.pop("GRADE_CANARIES", None)
+    global _stream
+    path = os.environ.get("GRADE_EVENTS")
     if path:
         _stream = open(path, "a", encoding="utf-8")
     if config.pluginmanager.hasplugin("nbval"):
         _ignore_stderr_in_nbval()
+        settings = os.environ.get(KERNEL_ENV)
+        if settings:
+            _kernel_in_sandbox(json.loads(settings))
 
 
 def _ignore_stderr_in_nbval() -> None:
@@ -87,51 +71,48 @@ def _ignore_stderr_in_nbval() -> None:
     IPyNbCell.compare_outputs = compare_outputs
 
 
-def item_kind(item) -> tuple:
-    """(kind, part key or None) of a collected item (see the module docstring)."""
-    path = str(item.nodeid).split("::")[0]
-    parts = path.split("/")
-    marker = item.get_closest_marker("part")
-    if path.endswith(".ipynb"):
-        return "notebook", None
-    if _canaries and _canaries in parts:
-        return "canary", None
-    if "grading" in parts:
-        key = marker.args[0] if marker and marker.args else PART_OF_FILE.get(parts[-1])
-        return "graded", key
-    if "beyond" in parts:
-        return "beyond", None
-    return "other", None
+def _kernel_in_sandbox(settings: dict) -> None:
+    """Make nbval start its kernels in the sandbox, over Unix sockets."""
+    import nbval.kernel
+    from jupyter_client.manager import KernelManager
 
+    from helper.grading.sandbox import Limits, bwrap_command
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(session, config, items):
-    """Canaries behind the graded tests of each file, then the list to the stream."""
-    canaries = [item for item in items if item_kind(item)[0] == "canary"]
-    rest = [item for item in items if item_kind(item)[0] != "canary"]
-    ordered, pending = [], list(canaries)
-    for i, item in enumerate(rest):
-        ordered.append(item)
-        last_of_file = i + 1 == len(rest) or rest[i + 1].path != item.path
-        if last_of_file and item_kind(item)[0] == "graded" and pending:
-            ordered.append(pending.pop(0))
-    ordered.extend(pending)
-    items[:] = ordered
-    _emit(
-        {
-            "event": "collected",
-            "items": [{"nodeid": it.nodeid, "kind": item_kind(it)[0], "part": item_kind(it)[1]} for it in items],
-        }
-    )
+    folder, sockets = Path(settings["folder"]), Path(settings["sockets"])
+    limits = Limits(seconds=settings["seconds"], memory_bytes=settings["memory_bytes"])
+
+    class SandboxedKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(transport="ipc", ip=str(sockets / "kernel"), **kwargs)
+
+        def start_kernel(self, **kwargs):
+            # The kernel works in its own folder, not where the judge keeps the notebook.
+            super().start_kernel(**{**kwargs, "cwd": str(folder)})
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            command = super().format_kernel_cmd(extra_arguments)
+            Path(self.connection_file).chmod(0o644)  # the sandbox's user reads it; its folder is the grader's own
+            environment = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+                           "PYTHONPATH": str(folder), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+                           "CAPTIONING_DATA_DIR": settings["data_dir"], "TORCH_HOME": "/tmp/torch",
+                           "OMP_NUM_THREADS": str(settings["threads"]), "MKL_NUM_THREADS": str(settings["threads"])}
+            if settings["bwrap"] is None:  # --no-sandbox: the limits only
+                return ["env", "-i", *(f"{k}={v}" for k, v in environment.items()), *command]
+            prefix = bwrap_command(settings["bwrap"], readable=[Path(self.connection_file).parent,
+                                                                 Path(settings["data_dir"])],
+                                   writable=[folder, sockets], cwd=folder, limits=limits, uid=settings["uid"])
+            settings_env = [a for k, v in environment.items() for a in ("--setenv", k, v)]
+            return [prefix[0], "--clearenv", *settings_env, *prefix[1:], *command]
+
+    nbval.kernel.KernelManager = SandboxedKernelManager
 
 
 def _on_alarm(signum, frame):
-    raise TestTimeout(f"stopped after {os.environ.get('GRADE_TEST_TIMEOUT')} s: the check did not finish in time")
+    raise TimeoutError(f"stopped after {os.environ.get('GRADE_TEST_TIMEOUT')} s: the cell did not finish in time")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    _emit({"event": "start", "nodeid": item.nodeid})
     seconds = int(float(os.environ.get("GRADE_TEST_TIMEOUT", "0") or 0))
     if seconds > 0:
         signal.signal(signal.SIGALRM, _on_alarm)
@@ -144,7 +125,7 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def message_of(report) -> str:
-    """The exception's own text of a failed report, without the suite's code, shortened."""
+    """The failure's own text, shortened."""
     longrepr = report.longrepr
     if longrepr is None:
         return ""
@@ -152,32 +133,40 @@ def message_of(report) -> str:
     text = crash.message if crash is not None else str(longrepr)
     if isinstance(longrepr, tuple):  # a skip: (file, line, reason)
         text = str(longrepr[2])
-    # pytest's assertion explanations add lines "+  where x = f(...)" that show the
-    # test's expressions (the suite's code): keep the message up to them.
-    kept = []
-    for line in text.splitlines():
-        if re.match(r"\s*\+\s+(where|and)\b", line):
-            break
-        kept.append(line)
-    text = "\n".join(kept).strip() or text.splitlines()[0] if text else ""
     return text[:MAX_MESSAGE]
 
 
+def pytest_collection_modifyitems(session, config, items):
+    _emit({"event": "collected", "items": [item.nodeid for item in items]})
+
+
 def pytest_runtest_logreport(report):
-    """One record per test: its failure where it failed, else its call's outcome."""
+    """One record per cell: its failure where it failed, else its call's outcome."""
     if report.when != "call" and report.outcome == "passed":
         return
-    # A setup error or a skip ends the test; a teardown failure after a pass counts as failed.
-    _emit(
-        {
-            "event": "report",
-            "nodeid": report.nodeid,
-            "when": report.when,
-            "outcome": report.outcome,
-            "message": message_of(report) if report.outcome != "passed" else "",
-        }
-    )
+    if report.when == "teardown" and report.outcome != "passed":
+        return  # the kernel shutting down after the last cell is not that cell's failure
+    _emit({"event": "report", "nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+           "message": message_of(report) if report.outcome != "passed" else ""})
 
 
-def pytest_sessionfinish(session, exitstatus):
-    _emit({"event": "finished", "exitstatus": int(exitstatus)})
+def records(path: Path) -> List[CellRun]:
+    """The cells of a run in order, each with its outcome ("not run" where none was recorded)."""
+    cells, order = {}, []
+    if not path.is_file():
+        return []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "collected":
+            order = [str(n) for n in record.get("items", [])]
+            cells = {n: CellRun(n, "not run") for n in order}
+        elif record.get("event") == "report" and record.get("nodeid") in cells:
+            cell = cells[record["nodeid"]]
+            if cell.outcome in ("not run", "passed"):
+                outcome = record.get("outcome")
+                cell.outcome = "error" if outcome == "failed" and record.get("when") == "setup" else str(outcome)
+                cell.message = str(record.get("message", ""))[:2000]
+    return [cells[n] for n in order]

@@ -5,7 +5,7 @@ feedback text and a results.json in Gradescope's autograder format
 
 A grade is a plain dict (helper.instructor.grade.grade_submission builds it):
     name, status, reason, parts {key: {"title", "points", "earned", ...}},
-    checks [Check], notebook {"points", "earned", "cells", "added_markers",
+    checks [helper.grading.results.CheckResult], notebook {"points", "earned", "cells", "added_markers",
     "reason"} or None, model {"points", "earned", "metrics", "reason"} or None,
     total, max_total, sandbox, seconds.
 All files are written under a temporary name and renamed (helper.data.atomic_output).
@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import List
 
 from helper.common.files import atomic_output
-from helper.instructor.grade_checks import short_name
 from helper.kit.rubric import PARTS
 
-CSV_FIXED = ["name", "total", "max_total", "status", "reason"]
-
-
 def csv_columns() -> List[str]:
-    """name, one column per rubric part, notebook, model, total, max_total, status, reason."""
-    return ["name"] + [p.key for p in PARTS] + ["notebook", "model", "total", "max_total", "status", "reason"]
+    """name, one column per rubric part, notebook, model, total, max_total, status, reason, sandbox."""
+    return ["name"] + [p.key for p in PARTS] + ["notebook", "model", "total", "max_total", "status", "reason",
+                                                "sandbox"]
 
 
 def _points(value: float) -> str:
@@ -33,7 +30,8 @@ def _points(value: float) -> str:
 
 def csv_row(grade: dict) -> dict:
     """One CSV row of a grade."""
-    row = {"name": grade["name"], "status": grade["status"], "reason": grade["reason"]}
+    row = {"name": grade["name"], "status": grade["status"], "reason": grade["reason"],
+           "sandbox": "bubblewrap" if grade["sandbox"].startswith("bubblewrap") else "NONE (--no-sandbox)"}
     for part in PARTS:
         row[part.key] = _points(grade["parts"][part.key]["earned"])
     row["notebook"] = _points(grade["notebook"]["earned"]) if grade.get("notebook") else ""
@@ -54,12 +52,14 @@ def write_csv(path: Path, grades: List[dict]) -> None:
 
 def _failed_line(check) -> str:
     what = check.message.strip().replace("\n", "\n      ") or check.outcome
-    return f"  - {short_name(check.nodeid)}: {what}"
+    return f"  - {check.name}: {what}"
 
 
 def feedback_text(grade: dict) -> str:
     """The student's feedback: points per part, every failed check and what it expected."""
     lines = [f"Grade of {grade['name']}: {grade['total']:.2f} / {grade['max_total']:.2f}"]
+    if not grade["sandbox"].startswith("bubblewrap"):
+        lines.append(f"Graded without a sandbox: {grade['sandbox']}")
     if grade["reason"]:
         lines.append(f"Note: {grade['reason']}")
     lines.append("")
@@ -101,7 +101,7 @@ def gradescope_results(grade: dict) -> dict:
         if check.kind not in ("graded", "beyond"):
             continue
         graded = check.kind == "graded"
-        name = short_name(check.nodeid) if graded else f"[beyond the assignment, not graded] {short_name(check.nodeid)}"
+        name = check.name if graded else f"[beyond the assignment, not graded] {check.name}"
         tests.append({
             "name": name,
             "score": round(check.earned, 4) if graded else 0,

@@ -2,8 +2,13 @@
 The assignment's rubric: its graded parts, what each covers, and its points.
 
 One table serves the grading tests (each graded test file belongs to one part,
-and the part's points are shared equally among its test cases), the batch
-grader, and the students' self-check, so that the points are written once.
+and the part's points are shared equally among its scored test cases), the
+batch grader, and the students' self-check, so that the points are written once.
+
+Points come from what the student wrote: code the assignment gives (the image
+encoder, the greeting) is checked but worth nothing, and so is a check that a
+module computing nothing could pass (names, shapes, initialisation alone:
+`pytest.mark.unscored` in tests/grading).
 """
 from dataclasses import dataclass
 from typing import Tuple
@@ -29,11 +34,12 @@ PARTS: Tuple[Part, ...] = (
     Part("embedding_loss", "Word embedding and temporal softmax loss", 10, ("WordEmbedding", "temporal_softmax_loss")),
     Part("lstm", "LSTM: step and sequence", 15, ("LSTM",)),
     Part("attention", "Dot-product attention and the attention LSTM", 20, ("dot_product_attention", "AttentionLSTM")),
-    Part("encoder", "Image encoder (given code)", 5, ("ImageEncoder",)),
+    # Given code in the standard assignment: checked (a broken copy is worth knowing about), worth nothing.
+    Part("encoder", "Image encoder (given code)", 0, ("ImageEncoder",)),
     Part(
         "captioning",
         "Captioning model: loss with teacher forcing, greedy sampling",
-        30,
+        35,
         ("hello_rnn_lstm_captioning", "CaptioningRNN"),
     ),
 )

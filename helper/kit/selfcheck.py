@@ -6,30 +6,30 @@ part by part, and shows which parts pass them and the points of those parts
 (from helper/kit/rubric.py). These are public checks, not the grade: the grader
 runs more checks on the same functions.
 
-Each part runs in its own process with a time limit, so nothing the module
-does (a syntax error, an exception, NotImplementedError, None returned, an
-endless loop, sys.exit, a crash) stops the self-check; each check is
-reported as one of
+The module runs in a worker process of the grading engine (helper.grading,
+as for the grader), one per part, each call with a time limit, so nothing
+the module does (a syntax error, an exception, NotImplementedError, None
+returned, an endless loop, sys.exit, a crash) stops the self-check; each
+check is reported as one of
     pass   the code gave what was expected
     todo   not written yet (NotImplementedError, or None returned)
     fail   the code ran but gave a wrong result (what was expected is shown)
     error  the code raised an exception (its type, message and line)
-    stop   the part's process ended or ran out of time before the check ran
+    stop   the check crashed its process or ran out of time (the next check gets a new one)
 A part passes when all its checks pass; its points count only then.
 The exit code is 0 when every part passes, 1 otherwise.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from helper.common.utils import import_file
+from helper.grading.remote import RemoteError, Worker, WorkerLost
 from helper.kit import rubric
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,56 +62,40 @@ def _outcome(function, module, path: Path) -> dict:
         return {"status": "error", "detail": f"{type(error).__name__}: {error}{_where(error, path)}"}
 
 
-def _write_json(path: Path, data) -> None:
-    """Write JSON under a temporary name, then rename it into place."""
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def run_part(module_path: Path, part_key: str, result_path: Path) -> None:
-    """
-    Run the checks of one part and write their results, after each check, to
-    result_path as a JSON list of {"check", "status", "detail"}: a process
-    that dies keeps the results of the checks before.
-    """
+def run_check(module, part_key: str, name: str) -> dict:
+    """In the worker (helper.grading.probes.public_check): the public check `name` of a part on the module."""
     import torch
 
     from helper.kit.public_checks import all_checks
 
     torch.set_num_threads(1)  # the parts run side by side, one per core
-    checks = all_checks()[part_key]
-    results = []
-    try:
-        module = import_file(module_path)
-    except BaseException as error:  # SyntaxError, ImportError, SystemExit, ...: every check of the part is blocked
-        detail = f"cannot import {module_path.name}: {type(error).__name__}: {error}{_where(error, module_path)}"
-        _write_json(result_path, [{"check": name, "status": "error", "detail": detail} for name, _ in checks])
-        return
-    for name, function in checks:
-        results.append({"check": name, **_outcome(function, module, module_path)})
-        _write_json(result_path, results)
+    function = dict(all_checks()[part_key])[name]
+    return _outcome(function, module, Path(module.__file__))
 
 
 # ------------------------------------------------------------------ in the student's process
-def _run_worker(module_path: Path, part: rubric.Part, timeout: float) -> dict:
-    """One part in its own process; its results, with "stop" for the checks it did not get to."""
+def _run_part(module_path: Path, part: rubric.Part, timeout: float) -> dict:
+    """
+    The public checks of one part, in a worker process of the grading engine
+    (helper.grading.remote) that imports the module: a check that crashes or
+    hangs its worker is "stop", and the next check gets a new worker.
+    """
     from helper.kit.public_checks import all_checks
 
-    names = [name for name, _ in all_checks()[part.key]]
-    with tempfile.TemporaryDirectory(prefix="selfcheck-") as scratch:
-        result_path = Path(scratch) / "results.json"
-        command = [sys.executable, "-m", "helper.selfcheck", "--worker", part.key, "--module", str(module_path),
-                   "--result", str(result_path)]
-        try:
-            proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  timeout=timeout, text=True, errors="replace")
-            why = f"the check's process ended (exit code {proc.returncode}): {proc.stderr.strip()[-300:]}"
-        except subprocess.TimeoutExpired:
-            why = f"did not finish within {timeout:.0f} s (an endless loop?)"
-        results = json.loads(result_path.read_text()) if result_path.exists() else []
-    done = {r["check"] for r in results}
-    results += [{"check": name, "status": "stop", "detail": why} for name in names if name not in done]
+    results = []
+    worker = Worker(module_path, timeout=timeout, threads=1, code_root=ROOT, max_starts=len(all_checks()[part.key]))
+    try:
+        for name, _ in all_checks()[part.key]:
+            try:
+                outcome = worker.probe("public_check", part.key, name)
+            except RemoteError as error:  # importing the module failed: every check of the part is blocked
+                outcome = {"status": "error", "detail": f"cannot import {module_path.name}: {error.type_name}: "
+                                                        f"{error.message}" + (f" ({error.where})" if error.where else "")}
+            except WorkerLost as error:
+                outcome = {"status": "stop", "detail": str(error)}
+            results.append({"check": name, "status": str(outcome["status"]), "detail": str(outcome["detail"])})
+    finally:
+        worker.close()
     return {"key": part.key, "title": part.title, "points": part.points, "checks": results,
             "status": part_status(results), "earned": part.points if part_status(results) == "pass" else 0}
 
@@ -134,7 +118,7 @@ def selfcheck(module_path: Path = DEFAULT_MODULE, timeout: float = DEFAULT_TIMEO
 
     Inputs:
     - module_path: the rnn_lstm_captioning.py to check
-    - timeout: seconds each part may take
+    - timeout: seconds each check may take
     - jobs: parts run at once; the number of cores when None
     - parts: keys of the parts to check; all of helper.kit.rubric's when None
 
@@ -149,7 +133,7 @@ def selfcheck(module_path: Path = DEFAULT_MODULE, timeout: float = DEFAULT_TIMEO
         raise ValueError(f"no module to check at {module_path}: expected your rnn_lstm_captioning.py")
     chosen = [rubric.part(key) for key in parts] if parts else list(rubric.PARTS)
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda part: _run_worker(module_path, part, timeout), chosen))
+        return list(pool.map(lambda part: _run_part(module_path, part, timeout), chosen))
 
 
 LABEL = {"pass": "passes", "todo": "not written yet", "fail": "wrong results", "error": "raises an error",
@@ -213,20 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--module", type=Path, default=DEFAULT_MODULE, help="the file to check (default: the kit's)")
     p.add_argument("--part", action="append", choices=[part.key for part in rubric.PARTS],
                    help="check only this part (repeatable)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per part (default 300)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per check (default 300)")
     p.add_argument("--jobs", type=int, default=None, help="parts checked at once (default: the number of cores)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--record", action="store_true", help=argparse.SUPPRESS)  # instructors: record_expected
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one part in this process
-    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.worker:
-        run_part(args.module.resolve(), args.worker, args.result)
-        return 0
     if args.record:
         print(f"wrote {record_expected(args.module)}")
         return 0

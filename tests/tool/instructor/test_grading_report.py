@@ -1,7 +1,9 @@
 """
 The grade of a run: points per part of helper.kit.rubric, shared by the part's
-tests; checks beyond the contract reported, never counted; and a submission
-that tampers with the comparisons scores nothing.
+scored tests; checks beyond the contract reported, never counted; points for
+work done only (a module that computes nothing, or the kit as handed out,
+earns at most the floor stated in tests/CONTRACT.md); and a submission that
+patches torch's comparisons gains nothing, since it never runs beside them.
 """
 import json
 import os
@@ -30,11 +32,14 @@ def grade_of(impl_file: Path, tmp_path: Path, *files: str, extra=()) -> dict:
     return json.loads(out.read_text())
 
 
-def test_a_self_grading_submission_scores_nothing_and_is_named(tmp_path):
-    grade = grade_of(SOLUTIONS / "self_grading" / "rnn_lstm_captioning.py", tmp_path, *GRADING_TEST_FILES[:4])
-    assert grade["total"] == 0
-    assert all(t["earned"] == 0 for t in grade["tests"])
-    assert "torch.allclose" in grade["tampering"] and "torch.equal" in grade["tampering"]
+ZEROS_FLOOR = 10  # tests/CONTRACT.md: a module whose functions return zeros of the right shapes earns at most this
+
+
+def test_a_module_that_returns_zeros_and_patches_torch_earns_at_most_the_floor(tmp_path):
+    # tests/solutions/self_grading returns zeros of the right shapes and makes torch's comparisons always succeed.
+    grade = grade_of(SOLUTIONS / "self_grading" / "rnn_lstm_captioning.py", tmp_path, *GRADING_TEST_FILES)
+    assert grade["total"] <= ZEROS_FLOOR, [(t["nodeid"], t["earned"]) for t in grade["tests"] if t["earned"]]
+    assert grade["max_total"] == rubric.TOTAL_POINTS
 
 
 def test_points_of_a_part_are_shared_by_its_tests_and_beyond_checks_are_not_counted(tmp_path):
@@ -49,33 +54,28 @@ def test_points_of_a_part_are_shared_by_its_tests_and_beyond_checks_are_not_coun
     outcomes = {b["outcome"] for b in grade["beyond"]}
     assert outcomes == {"passed", "failed"}  # beyond checks are reported, met or not, and count for nothing
     assert all(b["message"].startswith("beyond the assignment") for b in grade["beyond"] if b["outcome"] == "failed")
-    assert grade["tampering"] is None
 
 
-def test_checks_compare_with_the_functions_as_they_were_before_the_submission(monkeypatch):
-    # What a submission could do at import: the checks keep their own references.
-    monkeypatch.setattr(torch, "allclose", lambda *args, **kwargs: True)
-    monkeypatch.setattr(torch, "equal", lambda *args, **kwargs: True)
-    with pytest.raises(pytest.fail.Exception, match="differs from the reference"):
-        check_close("x", torch.zeros(3), torch.ones(3))
-    assert not same(torch.zeros(3), torch.ones(3))
+def test_unscored_checks_run_and_report_but_earn_nothing(tmp_path):
+    grade = grade_of(SOLUTIONS / "typical" / "rnn_lstm_captioning.py", tmp_path, "tests/grading/test_encoder.py",
+                     "tests/grading/test_lstm.py", extra=["-k", "encoder or parameters"])
+    unscored = [t for t in grade["tests"] if t["points"] == 0]
+    assert unscored and all(t["outcome"] == "passed" for t in unscored)
+    assert {t["part"] for t in unscored} >= {"encoder", "lstm"}
+    assert sum(t["earned"] for t in unscored) == 0
 
 
-def test_results_that_claim_to_equal_anything_fail(monkeypatch):
-    class Agreeable(torch.Tensor):
-        def __eq__(self, other):
-            return True
-
-    with pytest.raises(pytest.fail.Exception, match="expected a torch.Tensor"):
-        check_close("x", torch.zeros(3).as_subclass(Agreeable), torch.ones(3))
-
+def test_results_that_are_not_plain_tensors_fail():
     class Truthy:
         def __bool__(self):
             return True
 
+    with pytest.raises(pytest.fail.Exception, match="expected a torch.Tensor"):
+        check_close("x", Truthy(), torch.ones(3))
     expect(Truthy(), "an ordinary object is judged by its truth value")
     with pytest.raises(pytest.fail.Exception):
         expect(torch.tensor([True, False]), "a tensor of several values is not a yes")
+    assert not same(torch.zeros(3), torch.ones(3))
 
 
 def test_the_contract_page_states_the_rubric_points_of_every_part():
@@ -83,3 +83,4 @@ def test_the_contract_page_states_the_rubric_points_of_every_part():
     for part in rubric.PARTS:
         assert f"| {part.title} (" in page and f"| {part.points:g} |" in page, part.key
     assert f"**{rubric.TOTAL_POINTS:g}**" in page
+    assert f"at most {ZEROS_FLOOR} points" in page

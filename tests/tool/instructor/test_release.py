@@ -181,9 +181,9 @@ def test_an_occupied_folder_is_not_replaced(tmp_path, kit):
 
 def test_a_kit_module_that_imports_an_instructor_module_stops_the_release(tmp_path, kit):
     new_tool = kit.parent / "source" / "helper" / "captioning" / "new_tool.py"
-    new_tool.write_text('"""?"""\n\n\ndef f():\n    from helper.instructor.sandbox import Limits\n')
+    new_tool.write_text('"""?"""\n\n\ndef f():\n    from helper.instructor.grade_model import parse_table\n')
     try:
-        with pytest.raises(ValueError, match=r"captioning/new_tool\.py imports .*helper\.instructor\.sandbox.*leaves out"):
+        with pytest.raises(ValueError, match=r"captioning/new_tool\.py imports .*helper\.instructor\.grade_model.*leaves out"):
             write_kit(tmp_path / "k", repo=kit.parent / "source")
         assert not (tmp_path / "k").exists()
     finally:

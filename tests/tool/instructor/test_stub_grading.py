@@ -1,7 +1,8 @@
 """
 The grader on a student's untouched stub: the module tests run to the end,
-each one passes or fails (no errors, no crash), and the failures name the
-functions still to write.
+each one passes or fails (no errors, no crash), the failures name the
+functions still to write, and the stub earns nothing (only given code passes,
+and given code is worth no points).
 
 The stub is made from the file under test by replacing every
 "# BEGIN SOLUTION" ... "# END SOLUTION" block with `raise NotImplementedError`,
@@ -11,6 +12,7 @@ subprocess run of the suite is enough.
 """
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from _grading import API_NAMES, GRADING_TEST_FILES, expect, Lazy, run
+from helper.grading.remote import RemoteError, WorkerLost
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BLOCK = re.compile(r"^([ \t]*)# BEGIN SOLUTION[^\n]*\n.*?^[ \t]*# END SOLUTION[^\n]*$", re.MULTILINE | re.DOTALL)
@@ -54,7 +57,7 @@ def class_has_solution(source: str, class_name: str) -> bool:
     return False
 
 
-def run_suite_on(impl_file: Path, test_files, junit: Path) -> subprocess.CompletedProcess:
+def run_suite_on(impl_file: Path, test_files, junit: Path, grade: Path) -> subprocess.CompletedProcess:
     """The test files against impl_file, in a subprocess, with a JUnit XML report."""
     command = [
         sys.executable,
@@ -69,6 +72,7 @@ def run_suite_on(impl_file: Path, test_files, junit: Path) -> subprocess.Complet
         "no:xdist",
         "--tb=no",
         f"--junitxml={junit}",
+        f"--grade-json={grade}",
     ]
     # One thread: tiny ops gain nothing from more, and the suite may run beside it.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CAPTIONING_IMPL": ""}
@@ -82,12 +86,8 @@ def test_stub_file_gives_ordinary_failures_that_name_the_functions(impl, tmp_pat
     stub = tmp_path / "stub" / "rnn_lstm_captioning.py"
     stub.parent.mkdir()
     stub.write_text(make_stub(source, "raise NotImplementedError"))
-    # The encoder's tests take a third of the time; they only matter when the student writes part of it.
-    files = [
-        f for f in GRADING_TEST_FILES if class_has_solution(source, "ImageEncoder") or not f.endswith("test_encoder.py")
-    ]
-    junit = tmp_path / "stub.xml"
-    result = run_suite_on(stub, files, junit)
+    junit, grade_file = tmp_path / "stub.xml", tmp_path / "grade.json"
+    result = run_suite_on(stub, GRADING_TEST_FILES, junit, grade_file)
 
     tail = (result.stdout + result.stderr)[-3000:]
     expect(
@@ -110,6 +110,10 @@ def test_stub_file_gives_ordinary_failures_that_name_the_functions(impl, tmp_pat
     messages = " ".join(failures.values())
     missing = [name for name in FIRST_TO_WRITE if f"{name} is not implemented" not in messages]
     expect(not missing, f"on a stub, no failure says that these are not implemented: {missing}")
+    # Points for work done: the kit's module as handed out earns the points of the given code, which are none.
+    grade = json.loads(grade_file.read_text())
+    earned = [(t["nodeid"], t["earned"]) for t in grade["tests"] if t["earned"]]
+    expect(grade["total"] == 0, f"the stub earned {grade['total']} points: {earned}")
 
 
 # ---------------------------------------------------------------------------
@@ -133,15 +137,25 @@ def test_run_reports_none_inside_a_returned_tuple():
     assert message == "rnn_step_backward is not implemented (element 1 of its result is None)"
 
 
+def raises(error):
+    """A function that raises error, as a call into the worker does."""
+
+    def call():
+        raise error
+
+    return call
+
+
 def test_run_reports_not_implemented_and_other_errors_with_the_functions_name():
-    def unfinished():
-        raise NotImplementedError
-
-    def broken():
-        return next_h  # noqa: F821 -- what a body of `pass` before `return next_h` gives
-
+    unfinished = raises(RemoteError("NotImplementedError", "", "", not_implemented=True))
+    broken = raises(RemoteError("NameError", "name 'next_h' is not defined", "LSTM.forward (line 3)"))
     assert failure_of(run, "LSTM.forward", unfinished) == "LSTM.forward is not implemented (NotImplementedError)"
     assert failure_of(run, "LSTM.forward", broken).startswith("LSTM.forward raised NameError")
+
+
+def test_run_reports_a_worker_that_died_or_hung_as_a_failure_of_that_call():
+    died = raises(WorkerLost("the worker process ended during the call: a segmentation fault (SIGSEGV)"))
+    assert "segmentation fault" in failure_of(run, "rnn_forward", died)
 
 
 def test_run_passes_results_through():
