@@ -216,7 +216,15 @@ def vjp(label: str, function, args, wrt=(), module=None, upstream=None, output_i
     Returns:
     - (output, [gradient of each argument in wrt], {parameter name of module: gradient or None})
     """
-    result = probe(label, "vjp", function, list(args), kwargs or {}, list(wrt), module, upstream, output_index)
+    try:
+        result = worker().probe("vjp", function, list(args), kwargs or {}, list(wrt), module, upstream, output_index)
+    except RemoteError as error:
+        if "does not require grad" in error.message:  # a result computed outside autograd (or constant)
+            pytest.fail(f"{label}: its result does not depend on its inputs through autograd ({error.message})",
+                        pytrace=False)
+        _failure(label, error)
+    except WorkerLost as error:
+        _failure(label, error)
     output, grads, param_grads = result
     for position, grad in zip(wrt, grads):
         if grad is None:

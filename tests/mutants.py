@@ -41,6 +41,7 @@ import torchvision  # noqa: E402,F401
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 sys.path.insert(0, str(TESTS_DIR))
+sys.path.insert(0, str(REPO_ROOT))
 from _grading import BEYOND_TEST_FILES, GRADING_TEST_FILES  # noqa: E402
 
 RUN_TIMEOUT_S = 300

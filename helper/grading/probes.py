@@ -108,6 +108,22 @@ def training_modes(module: torch.nn.Module) -> List[bool]:
     return [m.training for m in module.modules()]
 
 
+def warnings_of(function, *args, **kwargs) -> List[dict]:
+    """
+    The warnings that function(*args, **kwargs) gives, every one (even one
+    given before at the same place), its result left out: each as
+    {"category" (its class's name), "message", "user_or_deprecation"
+    (whether it is a UserWarning or a DeprecationWarning)}.
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        function(*args, **kwargs)
+    return [{"category": w.category.__name__, "message": str(w.message)[:2000],
+             "user_or_deprecation": issubclass(w.category, (UserWarning, DeprecationWarning))} for w in caught]
+
+
 def vjp(function, args: Sequence, kwargs: Optional[dict] = None, wrt: Sequence[int] = (),
         module: Optional[torch.nn.Module] = None, upstream=None, output_index: Optional[int] = None):
     """

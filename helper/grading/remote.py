@@ -175,7 +175,8 @@ class Worker:
             except subprocess.TimeoutExpired:
                 pass
         kill_group(process)
-        return describe_exit(process.returncode)
+        code = process.returncode
+        return describe_exit(code) or (f"exit status {code}" if code not in (None, 0) else "")
 
     def close(self) -> None:
         """Stop the worker and remove its scratch folder."""

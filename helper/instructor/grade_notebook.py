@@ -192,7 +192,10 @@ def grade_notebook(files: dict, scratch: Path, options, uid: Optional[int]) -> d
     sanitize = scratch / "out" / "nbval_sanitize.cfg"
     sanitize.write_text(SANITIZE)
     events = scratch / "out" / "notebook.jsonl"
+    connection = scratch / "nb-connection"
+    connection.mkdir(mode=0o755)
     kernel = {"bwrap": options.bwrap, "uid": uid, "folder": str(folder), "sockets": str(_writable(scratch / "nb-sock")),
+              "connection": str(connection),
               "data_dir": str(data_dir()), "memory_bytes": int(options.memory_gb * (1 << 30)),
               "seconds": options.time_limit, "threads": options.threads}
     # The judge (pytest and nbval) runs here, outside the sandbox; only the kernel runs inside.

@@ -78,7 +78,7 @@ def _kernel_in_sandbox(settings: dict) -> None:
 
     from helper.grading.sandbox import Limits, bwrap_command
 
-    folder, sockets = Path(settings["folder"]), Path(settings["sockets"])
+    folder, sockets, connection = Path(settings["folder"]), Path(settings["sockets"]), Path(settings["connection"])
     limits = Limits(seconds=settings["seconds"], memory_bytes=settings["memory_bytes"])
 
     class SandboxedKernelManager(KernelManager):
@@ -90,16 +90,20 @@ def _kernel_in_sandbox(settings: dict) -> None:
             super().start_kernel(**{**kwargs, "cwd": str(folder)})
 
         def format_kernel_cmd(self, extra_arguments=None):
-            command = super().format_kernel_cmd(extra_arguments)
-            Path(self.connection_file).chmod(0o644)  # the sandbox's user reads it; its folder is the grader's own
+            # The kernel reads a copy of the connection file from a folder of its own (never the runtime folder,
+            # which may be the real /tmp).
+            original = os.path.realpath(self.connection_file)
+            copy = connection / Path(original).name
+            copy.write_bytes(Path(original).read_bytes())
+            copy.chmod(0o644)  # the sandbox's user reads it; its folder lies in the grader's scratch folder
+            command = [str(copy) if arg == original else arg for arg in super().format_kernel_cmd(extra_arguments)]
             environment = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
                            "PYTHONPATH": str(folder), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
                            "CAPTIONING_DATA_DIR": settings["data_dir"], "TORCH_HOME": "/tmp/torch",
                            "OMP_NUM_THREADS": str(settings["threads"]), "MKL_NUM_THREADS": str(settings["threads"])}
             if settings["bwrap"] is None:  # --no-sandbox: the limits only
                 return ["env", "-i", *(f"{k}={v}" for k, v in environment.items()), *command]
-            prefix = bwrap_command(settings["bwrap"], readable=[Path(self.connection_file).parent,
-                                                                 Path(settings["data_dir"])],
+            prefix = bwrap_command(settings["bwrap"], readable=[connection, Path(settings["data_dir"])],
                                    writable=[folder, sockets], cwd=folder, limits=limits, uid=settings["uid"])
             settings_env = [a for k, v in environment.items() for a in ("--setenv", k, v)]
             return [prefix[0], "--clearenv", *settings_env, *prefix[1:], *command]

@@ -6,17 +6,23 @@ import torch.nn.functional as F
 
 from _grading import (
     FLOAT_DTYPES,
+    api,
     build,
     call,
     check_close,
-    check_gradcheck,
+    check_gradients,
     check_init,
     check_tensor,
     expect,
     forward,
+    method,
     named_parameters,
-    param,
+    probe,
     randn,
+    reference_gradients,
+    seed_worker,
+    set_params,
+    vjp,
 )
 from _references import temporal_loss
 
@@ -27,38 +33,50 @@ pytestmark = pytest.mark.part("embedding_loss")
 # ---------------------------------------------------------------------------
 
 
+def embedding_with_weights(impl, V, W, dtype, seed=0):
+    """A WordEmbedding of the module under test in dtype, holding W_embed (V, W) chosen here (and W_embed)."""
+    seed_worker(seed)
+    embedding = method(build(impl, "WordEmbedding", V, W), "to", dtype)
+    W_embed = randn(V, W, dtype=dtype, seed=seed + 1)
+    set_params(embedding, {"W_embed": W_embed})
+    return embedding, W_embed
+
+
+# The name, shape and initialisation alone: a module that computes nothing passes.
+@pytest.mark.unscored
 def test_word_embedding_parameter_has_name_shape_and_initialisation(impl):
-    torch.manual_seed(0)
+    seed_worker(0)
     V, W = 1000, 30
     embedding = build(impl, "WordEmbedding", V, W)
     params = named_parameters(embedding)
     expect(set(params) == {"W_embed"}, f"WordEmbedding's parameter must be W_embed; got {sorted(params)}")
-    expect(len(list(embedding.parameters())) == 1, "WordEmbedding must have no parameters besides W_embed")
+    every = probe("WordEmbedding.parameters", "parameters", embedding, True)
+    expect(len(every) == 1, "WordEmbedding must have no parameters besides W_embed")
     check_tensor("WordEmbedding.W_embed", params["W_embed"], (V, W), torch.float32)
     check_init("WordEmbedding.W_embed", params["W_embed"], fan_in=V)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_word_embedding_forward_looks_up_rows(impl, dtype):
-    torch.manual_seed(1)
     V, W, N, T = 7, 5, 3, 4
-    embedding = build(impl, "WordEmbedding", V, W).to(dtype)
+    embedding, W_embed = embedding_with_weights(impl, V, W, dtype, seed=1)
     x = torch.tensor([[0, 3, 6, 3], [1, 1, 2, 5], [6, 5, 4, 0]])
     out = forward(embedding, x)
     check_tensor("WordEmbedding.forward", out, (N, T, W), dtype)
-    check_close("WordEmbedding.forward", out, F.embedding(x, param(embedding, "W_embed").detach()), rtol=0, atol=0)
+    check_close("WordEmbedding.forward", out, F.embedding(x, W_embed), rtol=0, atol=0)
 
 
-def test_word_embedding_gradient_matches_numeric(impl):
-    torch.manual_seed(2)
-    embedding = build(impl, "WordEmbedding", 5, 3).double()
+def test_word_embedding_gradient_by_autograd_matches_the_reference(impl):
+    V, W = 5, 3
+    embedding, W_embed = embedding_with_weights(impl, V, W, torch.float64, seed=2)
     x = torch.tensor([[0, 4, 4], [2, 1, 4]])
     forward(embedding, x)
-
-    def f(W_embed):
-        return torch.func.functional_call(embedding, {"W_embed": W_embed}, (x,))
-
-    check_gradcheck("WordEmbedding.forward", f, [param(embedding, "W_embed").detach().clone().requires_grad_()])
+    upstream = randn(2, 3, W, seed=4)
+    # Autograd through the module's own lookup (in its worker), against autograd through F.embedding.
+    out, _, param_grads = vjp("WordEmbedding.forward", embedding, [x], module=embedding, upstream=upstream)
+    check_close("WordEmbedding.forward", out, F.embedding(x, W_embed), rtol=0, atol=0)
+    expected = reference_gradients(lambda W_embed: F.embedding(x, W_embed), {"W_embed": W_embed}, upstream)
+    check_gradients("WordEmbedding.forward", param_grads, expected)
 
 
 # ---------------------------------------------------------------------------
@@ -93,6 +111,8 @@ def test_temporal_softmax_loss_sums_over_time_and_averages_over_batch(impl, dtyp
 def test_temporal_softmax_loss_of_a_repeated_batch_is_unchanged_and_of_repeated_time_doubles(impl):
     x, y = scores_and_targets(N=2, T=3)
     loss = call(impl, "temporal_softmax_loss", x, y, ignore_index=ABSENT)
+    # Against the reference first: a loss that is always 0 has both properties.
+    check_close("temporal_softmax_loss", loss, temporal_loss(x, y))
     loss_more_samples = call(impl, "temporal_softmax_loss", torch.cat([x, x]), torch.cat([y, y]), ignore_index=ABSENT)
     loss_more_steps = call(
         impl, "temporal_softmax_loss", torch.cat([x, x], dim=1), torch.cat([y, y], dim=1), ignore_index=ABSENT
@@ -118,12 +138,21 @@ def test_temporal_softmax_loss_ignores_targets_equal_to_ignore_index(impl):
     check_close("temporal_softmax_loss with ignore_index=3", loss3, temporal_loss(x, y, ignore_index=3))
 
 
-def test_temporal_softmax_loss_gradient_matches_numeric(impl):
+def test_temporal_softmax_loss_gradient_by_autograd_matches_the_reference(impl):
     x, y = scores_and_targets(N=2, T=3, V=4)
     y[1, 1] = 0
-    call(impl, "temporal_softmax_loss", x, y, ignore_index=0)
-    check_gradcheck(
+    loss = call(impl, "temporal_softmax_loss", x, y, ignore_index=0)
+    check_tensor("temporal_softmax_loss", loss, (), torch.float64)
+    upstream = torch.tensor(1.5, dtype=torch.float64)
+    # Autograd through the module's own loss (in its worker), against autograd through the reference.
+    loss, (dx,), _ = vjp(
         "temporal_softmax_loss",
-        lambda x: impl.temporal_softmax_loss(x, y, ignore_index=0),
-        [x.clone().requires_grad_()],
+        api(impl, "temporal_softmax_loss"),
+        [x, y],
+        wrt=[0],
+        upstream=upstream,
+        kwargs={"ignore_index": 0},
     )
+    check_close("temporal_softmax_loss", loss, temporal_loss(x, y, ignore_index=0))
+    expected = reference_gradients(lambda x: temporal_loss(x, y, ignore_index=0), {"x": x}, upstream)
+    check_gradients("temporal_softmax_loss", {"x": dx}, expected)

@@ -1,4 +1,9 @@
-"""ImageEncoder: RegNetX-400MF c5 features of ImageNet-normalised images."""
+"""
+ImageEncoder: RegNetX-400MF c5 features of ImageNet-normalised images.
+
+The standard assignment gives the encoder's code: its checks run and report
+as before, for 0 points (unscored).
+"""
 
 
 import pytest
@@ -6,16 +11,31 @@ import torch
 import torchvision
 from torchvision.transforms import Normalize
 
-from _encoder import cache_random_weights, forbid_network, make_encoder, regnet_state_of, regnet_trunk_keys
-from _grading import ENCODER_CHANNELS, build, check_close, check_tensor, expect, forward, Lazy, random_images, same
+from _encoder import cache_random_weights, make_encoder, regnet_state_of, regnet_trunk_keys, worker_hub_dir
+from _grading import (
+    ENCODER_CHANNELS,
+    Lazy,
+    api,
+    build,
+    check_close,
+    check_tensor,
+    expect,
+    forward,
+    method,
+    printed_by,
+    probe,
+    random_images,
+    same,
+    seed_worker,
+)
 from _references import IMAGENET_MEAN, IMAGENET_STD
 
-pytestmark = pytest.mark.part("encoder")
+pytestmark = [pytest.mark.part("encoder"), pytest.mark.unscored]
 
 
 @pytest.fixture(scope="module")
 def encoder(impl):
-    """The module's shared eval-mode encoder; tests must not change it."""
+    """The module's shared eval-mode encoder (a Remote); tests must not change it."""
     return Lazy(lambda: make_encoder(impl))
 
 
@@ -42,17 +62,15 @@ def test_image_encoder_out_channels_is_400(impl, encoder):
 
 
 def test_image_encoder_output_of_112x112_images_is_a_4x4_grid(impl, encoder):
-    with torch.no_grad():
-        c5 = forward(encoder.get(), random_images(2, 112))
+    c5 = forward(encoder.get(), random_images(2, 112))
     # RegNet rounds the grid up: 112 / 32 = 3.5 gives 4.
     check_tensor("ImageEncoder.forward", c5, (2, 400, 4, 4), torch.float32)
 
 
 def test_image_encoder_uint8_and_float_images_agree_in_eval_mode(impl, encoder):
     images = random_images(2, seed=1)
-    with torch.no_grad():
-        from_uint8 = forward(encoder.get(), images)
-        from_float = forward(encoder.get(), images.float() / 255)
+    from_uint8 = forward(encoder.get(), images)
+    from_float = forward(encoder.get(), images.float() / 255)
     check_close(
         "ImageEncoder.forward: uint8 images against the same images as float in [0, 1]",
         from_uint8,
@@ -65,8 +83,7 @@ def test_image_encoder_uint8_and_float_images_agree_in_eval_mode(impl, encoder):
 def test_image_encoder_normalises_with_imagenet_statistics_and_does_not_clamp(impl, encoder):
     # Values outside [0, 1] too: float images are used as given.
     images = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(2)) * 1.4 - 0.2
-    with torch.no_grad():
-        c5 = forward(encoder.get(), images)
+    c5 = forward(encoder.get(), images)
     expected = reference_c5(encoder.get(), images)
     check_close(
         "ImageEncoder.forward (ImageNet mean/std normalisation, then RegNet trunk_output.block4)",
@@ -82,7 +99,7 @@ def test_image_encoder_has_only_the_regnets_parameters(impl, encoder):
     regnet = torchvision.models.regnet_x_400mf(weights=None)
     trunk = sum(p.numel() for name, p in regnet.named_parameters() if not name.startswith("fc."))
     full = sum(p.numel() for p in regnet.parameters())
-    count = sum(p.numel() for p in model.parameters())
+    count = sum(p.numel() for p in probe("ImageEncoder.parameters", "parameters", model, True).values())
     expect(
         count in (trunk, full),
         f"ImageEncoder must have no learnable parameters besides RegNetX-400MF's: "
@@ -92,11 +109,10 @@ def test_image_encoder_has_only_the_regnets_parameters(impl, encoder):
 
 
 def test_image_encoder_works_in_float64(impl):
-    encoder = make_encoder(impl, seed=3).double()
+    encoder = method(make_encoder(impl, seed=3), "double")
     images = random_images(2, seed=4)
-    with torch.no_grad():
-        from_uint8 = forward(encoder, images)
-        from_float = forward(encoder, images.double() / 255)
+    from_uint8 = forward(encoder, images)
+    from_float = forward(encoder, images.double() / 255)
     check_tensor("ImageEncoder.forward in float64 (uint8 images)", from_uint8, (2, 400, 4, 4), torch.float64)
     check_tensor("ImageEncoder.forward in float64 (float64 images)", from_float, (2, 400, 4, 4), torch.float64)
     check_close(
@@ -107,25 +123,22 @@ def test_image_encoder_works_in_float64(impl):
 def test_image_encoder_forward_keeps_train_and_eval_mode(impl):
     encoder = make_encoder(impl, seed=5)
     images = random_images(2, seed=6)
-    encoder.train()
+    method(encoder, "train")
     forward(encoder, images)
-    still_training = all(m.training for m in encoder.modules())
-    encoder.eval()
-    with torch.no_grad():
-        forward(encoder, images)
-    still_eval = not any(m.training for m in encoder.modules())
+    still_training = all(probe("ImageEncoder.modules", "training_modes", encoder))
+    method(encoder, "eval")
+    forward(encoder, images)
+    still_eval = not any(probe("ImageEncoder.modules", "training_modes", encoder))
     expect(still_training, "ImageEncoder.forward must not switch a model in train() mode to eval mode")
     expect(still_eval, "ImageEncoder.forward must not switch a model in eval() mode to train mode")
 
 
-def test_image_encoder_verbose_prints_something_and_quiet_prints_nothing(impl, capsys):
+def test_image_encoder_verbose_prints_something_and_quiet_prints_nothing(impl):
     # What it prints is the solution's own business; that it prints is the contract.
-    torch.manual_seed(7)
-    build(impl, "ImageEncoder", pretrained=False, verbose=True)
-    printed = capsys.readouterr().out
+    seed_worker(7)
+    printed = printed_by("ImageEncoder", api(impl, "ImageEncoder"), pretrained=False, verbose=True)
     expect(printed.strip() != "", "ImageEncoder(verbose=True) must print something about the c5 features")
-    build(impl, "ImageEncoder", pretrained=False, verbose=False)
-    printed = capsys.readouterr().out
+    printed = printed_by("ImageEncoder", api(impl, "ImageEncoder"), pretrained=False, verbose=False)
     expect(printed == "", f"ImageEncoder(verbose=False) must print nothing; printed {printed!r}")
 
 
@@ -134,12 +147,12 @@ def test_image_encoder_verbose_prints_something_and_quiet_prints_nothing(impl, c
 # ---------------------------------------------------------------------------
 
 
-def test_image_encoder_pretrained_loads_cached_weights_without_network(impl, hub_dir, monkeypatch):
-    forbid_network(monkeypatch, AssertionError("ImageEncoder(pretrained=True) tried to download cached weights"))
-    cached = cache_random_weights(hub_dir)
-
-    torch.manual_seed(9)
-    encoder = build(impl, "ImageEncoder", pretrained=True, verbose=False)
+def test_image_encoder_pretrained_loads_cached_weights_without_network(impl):
+    # The worker's sandbox has no network: the weights can only come from the cache laid out here.
+    with worker_hub_dir("ImageEncoder(pretrained=True)") as hub_dir:
+        cached = cache_random_weights(hub_dir)
+        seed_worker(9)
+        encoder = build(impl, "ImageEncoder", pretrained=True, verbose=False)
     # The learnable weights; the standard assignment's encoder passes a dummy
     # batch in train mode, which moves the batch-norm running statistics.
     weights = [name for name, _ in torchvision.models.regnet_x_400mf(weights=None).named_parameters()]

@@ -8,15 +8,19 @@ from _grading import (
     build,
     call,
     check_close,
-    check_gradcheck,
+    check_gradients,
     check_init,
     check_tensor,
     expect,
     forward,
     method,
     named_parameters,
-    param,
+    probe,
     randn,
+    reference_gradients,
+    seed_worker,
+    set_params,
+    vjp,
 )
 from _references import rnn_loop, rnn_step, torch_rnn
 from helper.captioning.gradcheck import compute_numeric_gradient, rel_error
@@ -154,13 +158,31 @@ def test_rnn_step_backward_matches_autograd_float32(impl):
 # ---------------------------------------------------------------------------
 
 
+def rnn_weights(D, H, dtype=torch.float64, seed=0):
+    """Wx (D, H), Wh (H, H), b (H,) chosen here, a non-zero bias among them, so that the bias is exercised."""
+    _, _, Wx, Wh, b = rnn_inputs(1, 1, D, H, dtype=dtype, seed=seed)
+    return {"Wx": Wx, "Wh": Wh, "b": b}
+
+
+def rnn_with_weights(impl, D, H, dtype, seed=0):
+    """An RNN of the module under test in dtype, holding the weights rnn_weights chooses (and those weights)."""
+    seed_worker(seed)
+    rnn = method(build(impl, "RNN", D, H), "to", dtype)
+    weights = rnn_weights(D, H, dtype=dtype, seed=seed + 1)
+    set_params(rnn, weights)
+    return rnn, weights
+
+
+# Names and shapes alone, and the initialisation: a module that computes nothing passes.
+@pytest.mark.unscored
 def test_rnn_module_parameters_have_names_shapes_and_initialisation(impl):
-    torch.manual_seed(0)
+    seed_worker(0)
     D, H = 300, 120
     rnn = build(impl, "RNN", D, H)
     params = named_parameters(rnn)
     expect(set(params) == {"Wx", "Wh", "b"}, f"RNN parameters must be Wx, Wh, b; got {sorted(params)}")
-    expect(len(list(rnn.parameters())) == 3, "RNN must have no parameters besides Wx, Wh, b")
+    every = probe("RNN.parameters", "parameters", rnn, True)
+    expect(len(every) == 3, "RNN must have no parameters besides Wx, Wh, b")
     check_tensor("RNN.Wx", params["Wx"], (D, H), torch.float32)
     check_tensor("RNN.Wh", params["Wh"], (H, H), torch.float32)
     check_tensor("RNN.b", params["b"], (H,), torch.float32)
@@ -171,17 +193,14 @@ def test_rnn_module_parameters_have_names_shapes_and_initialisation(impl):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_rnn_module_forward_and_step_forward_match_torch(impl, dtype):
-    torch.manual_seed(1)
     N, T, D, H = 2, 4, 3, 5
-    rnn = build(impl, "RNN", D, H).to(dtype)
-    with torch.no_grad():
-        param(rnn, "b").copy_(randn(H, dtype=dtype, seed=2, scale=0.5))  # non-zero, so the bias is exercised
+    rnn, weights = rnn_with_weights(impl, D, H, dtype, seed=1)
     x, h0 = randn(N, T, D, dtype=dtype, seed=3), randn(N, H, dtype=dtype, seed=4)
-    reference = torch_rnn(param(rnn, "Wx").detach(), param(rnn, "Wh").detach(), param(rnn, "b").detach())
+    reference = torch_rnn(weights["Wx"], weights["Wh"], weights["b"])
     with torch.no_grad():
         expected, _ = reference(x, h0.unsqueeze(0))
-        hn = forward(rnn, x, h0)
-        next_h = method(rnn, "step_forward", x[:, 0], h0)
+    hn = forward(rnn, x, h0)
+    next_h = method(rnn, "step_forward", x[:, 0], h0)
     tolerance = dict(rtol=1e-5, atol=1e-6)
     check_tensor("RNN.forward", hn, (N, T, H), dtype)
     check_close("RNN.forward", hn, expected, **tolerance)
@@ -189,16 +208,14 @@ def test_rnn_module_forward_and_step_forward_match_torch(impl, dtype):
     check_close("RNN.step_forward", next_h, expected[:, 0], **tolerance)
 
 
-def test_rnn_module_is_differentiable_by_autograd(impl):
-    torch.manual_seed(2)
-    rnn = build(impl, "RNN", 3, 2).double()
-    x, h0 = randn(2, 3, 3, seed=5).requires_grad_(), randn(2, 2, seed=6).requires_grad_()
+def test_rnn_module_is_differentiable_by_autograd_with_the_reference_gradients(impl):
+    N, T, D, H = 2, 3, 3, 2
+    rnn, weights = rnn_with_weights(impl, D, H, torch.float64, seed=2)
+    x, h0 = randn(N, T, D, seed=5), randn(N, H, seed=6)
     forward(rnn, x, h0)
-    params = named_parameters(rnn)
-
-    def f(x, h0, Wx, Wh, b):
-        return torch.func.functional_call(rnn, {"Wx": Wx, "Wh": Wh, "b": b}, (x, h0))
-
-    check_gradcheck(
-        "RNN.forward", f, [x, h0] + [params[k].detach().clone().requires_grad_() for k in ("Wx", "Wh", "b")]
-    )
+    dh = randn(N, T, H, seed=7)
+    # Autograd through the module's own forward pass (in its worker), against autograd through the reference.
+    hn, (dx, dh0), param_grads = vjp("RNN.forward", rnn, [x, h0], wrt=[0, 1], module=rnn, upstream=dh)
+    check_close("RNN.forward", hn, rnn_loop(x, h0, **weights), rtol=1e-9, atol=1e-11)
+    expected = reference_gradients(rnn_loop, {"x": x, "h0": h0, **weights}, dh)
+    check_gradients("RNN.forward", {"x": dx, "h0": dh0, **param_grads}, expected)
