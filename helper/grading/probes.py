@@ -84,7 +84,9 @@ def layout(model: torch.nn.Module) -> List[dict]:
     for path, module in model.named_modules():
         if module is model:
             continue
-        api = next((name for name, cls in classes if isinstance(cls, type) and isinstance(module, cls)), None)
+        # The most derived API class it is an instance of (an AttentionLSTM may subclass the LSTM).
+        matches = [(name, cls) for name, cls in classes if isinstance(cls, type) and isinstance(module, cls)]
+        api = next((name for name, cls in matches if all(issubclass(cls, other) for _, other in matches)), None)
         if api is None and isinstance(module, torch.nn.Linear):
             api = "Linear"
         found.append({
