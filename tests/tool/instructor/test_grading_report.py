@@ -35,9 +35,11 @@ def grade_of(impl_file: Path, tmp_path: Path, *files: str, extra=()) -> dict:
 ZEROS_FLOOR = 10  # tests/CONTRACT.md: a module whose functions return zeros of the right shapes earns at most this
 
 
-def test_a_module_that_returns_zeros_and_patches_torch_earns_at_most_the_floor(tmp_path):
-    # tests/solutions/self_grading returns zeros of the right shapes and makes torch's comparisons always succeed.
-    grade = grade_of(SOLUTIONS / "self_grading" / "rnn_lstm_captioning.py", tmp_path, *GRADING_TEST_FILES)
+@pytest.mark.parametrize("solution", ["zeros", "self_grading"])
+def test_a_module_that_computes_nothing_earns_at_most_the_floor(tmp_path, solution):
+    # zeros: the given code and the constructors, every other function returning zeros of the right shapes;
+    # self_grading: zeros too, and it makes torch's comparisons always succeed (in its own process only).
+    grade = grade_of(SOLUTIONS / solution / "rnn_lstm_captioning.py", tmp_path, *GRADING_TEST_FILES)
     assert grade["total"] <= ZEROS_FLOOR, [(t["nodeid"], t["earned"]) for t in grade["tests"] if t["earned"]]
     assert grade["max_total"] == rubric.TOTAL_POINTS
 
