@@ -9,7 +9,8 @@ Its steps, in order:
 1. the machine: GPU name, torch, CUDA and cuDNN versions;
 2. the module's API pieces (the contract's functions and modules) on the
    device against the CPU, same inputs, float32 and float64;
-3. the grading tests (tests/grading) in a subprocess; they have no device
+3. the grading tests (tests/grading) in a subprocess, their worker without the
+   sandbox (which shows it no GPU); they have no device
    option and run on the CPU, except the sample test that also runs on CUDA
    where there is a GPU; step 2 is their CUDA-vs-CPU counterpart;
 4. the notebook under nbval in a subprocess: on a GPU machine the notebook
@@ -123,7 +124,8 @@ def run_pytest(args: Sequence[str], timeout: float) -> Dict[str, object]:
 
 def grading_tests(size: dict) -> Dict[str, object]:
     """Step 3: tests/grading, all of them or those matching the size's filter."""
-    args = ["-q", "tests/grading"] + (["-k", size["grading_filter"]] if size["grading_filter"] else [])
+    # Without the sandbox: the worker must see the GPU (the sandbox shows it none), and the module is ours.
+    args = ["-q", "--sandbox", "off", "tests/grading"] + (["-k", size["grading_filter"]] if size["grading_filter"] else [])
     return {**run_pytest(args, timeout=300), "filter": size["grading_filter"]}
 
 

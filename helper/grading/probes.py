@@ -186,3 +186,24 @@ def public_check(part_key: str, name: str) -> dict:
     from helper.kit.selfcheck import run_check
 
     return run_check(sys.modules["rnn_lstm_captioning"], part_key, name)
+
+
+def cuda_available() -> bool:
+    """Whether the worker sees a GPU (never inside the sandbox)."""
+    return torch.cuda.is_available()
+
+
+def on_device(model: torch.nn.Module, images: torch.Tensor, captions: torch.Tensor, device: str,
+              max_length: int = 3) -> dict:
+    """
+    The model, the images and the captions moved to device in the worker;
+    the device types of what sample() and the loss return there:
+    {"captions", "attn_weights" (None without a tuple), "loss"}.
+    """
+    model = model.to(device)
+    with torch.no_grad():
+        result = model.sample(images.to(device), max_length=max_length)
+        words, weights = result if isinstance(result, tuple) else (result, None)
+        loss = model(images.to(device), captions.to(device))
+    return {"captions": words.device.type, "attn_weights": weights.device.type if weights is not None else None,
+            "loss": loss.device.type}
