@@ -111,7 +111,7 @@ class Worker:
         self.scratch.chmod(0o755)  # the sandbox's user reads the runtime and the module copy
         self._prepare()
         self.process: Optional[subprocess.Popen] = None
-        self.generation, self.starts = 0, 0
+        self.generation, self.starts, self._requests = 0, 0, 0
         self._module: Optional[Remote] = None
         self._import_error: Optional[RemoteError] = None
         self._released = []
@@ -236,12 +236,14 @@ class Worker:
 
     def _request_now(self, message: dict, timeout: float, blobs=(), printed: bool = False):
         message["release"], self._released = self._released, []
+        self._requests += 1
+        message["id"] = self._requests
         start = time.monotonic()
         try:
             protocol.write_frame(self.process.stdin.fileno(), message, list(blobs))
             reply, binary = protocol.read_frame(self.process.stdout.fileno(), deadline=start + timeout)
-            if not isinstance(reply, dict):
-                raise protocol.ProtocolError("a reply that is not an object")
+            if not isinstance(reply, dict) or reply.get("id") != message["id"]:
+                raise protocol.ProtocolError("a reply that does not answer the request")
             if "error" in reply:
                 error = reply["error"] if isinstance(reply["error"], dict) else {}
                 if message["op"] == "getattr" and error.get("type") == "AttributeError":
