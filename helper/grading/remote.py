@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from helper.grading import protocol
-from helper.grading.sandbox import Limits, bwrap_command, describe_exit, kill_group, preexec, read_tail
+from helper.grading.sandbox import Limits, bwrap_command, describe_exit, kill_group, preexec
 
 ENGINE = Path(__file__).resolve().parent
 # What the worker runs: these files alone are copied into its sandbox, never the repository.
@@ -82,6 +82,35 @@ def type_name(value) -> str:
     return value._type if isinstance(value, Remote) else type(value).__name__
 
 
+def prepare_scratch(module_path: Path) -> Path:
+    """
+    A new scratch folder of a worker: runtime/ (a copy of the engine's files
+    the worker runs) and submission/ (a copy of the module), readable by the
+    sandbox's user; the worker's log goes there too.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="worker-"))
+    runtime = scratch / "runtime"
+    (runtime / "helper" / "grading").mkdir(parents=True)
+    (runtime / "helper" / "__init__.py").write_text("")
+    for name in WORKER_FILES:
+        shutil.copyfile(ENGINE / name, runtime / "helper" / "grading" / name)
+    (scratch / "submission").mkdir()
+    shutil.copyfile(module_path, scratch / "submission" / MODULE_NAME)
+    for path in [scratch, *scratch.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return scratch
+
+
+def environment(python_path: Path, threads: int) -> dict:
+    """The worker's whole environment (nothing of the judge's own)."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+        "PYTHONPATH": str(python_path), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "MPLBACKEND": "Agg",
+        "TORCH_HOME": "/tmp/torch",
+    }
+
+
 class Worker:
     """The worker process of one module (see the module docstring)."""
 
@@ -107,37 +136,12 @@ class Worker:
             raise ValueError("a worker with the whole helper/ (code_root) runs without the sandbox")
         self.code_root = code_root
         self.threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
-        self.scratch = Path(tempfile.mkdtemp(prefix="worker-"))
-        self.scratch.chmod(0o755)  # the sandbox's user reads the runtime and the module copy
-        self._prepare()
+        self.scratch = prepare_scratch(self.module_path)
+        self.log = self.scratch / "worker.log"
         self.process: Optional[subprocess.Popen] = None
-        self.generation, self.starts, self._requests = 0, 0, 0
+        self.generation, self.starts, self._requests, self._released = 0, 0, 0, []
         self._module: Optional[Remote] = None
         self._import_error: Optional[RemoteError] = None
-        self._released = []
-
-    # ------------------------------------------------------------------ process
-    def _prepare(self) -> None:
-        runtime = self.scratch / "runtime"
-        (runtime / "helper" / "grading").mkdir(parents=True)
-        (runtime / "helper" / "__init__.py").write_text("")
-        for name in WORKER_FILES:
-            shutil.copyfile(ENGINE / name, runtime / "helper" / "grading" / name)
-        submission = self.scratch / "submission"
-        submission.mkdir()
-        shutil.copyfile(self.module_path, submission / MODULE_NAME)
-        for path in [self.scratch, *self.scratch.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        self.log = self.scratch / "worker.log"
-
-    def _environment(self) -> dict:
-        threads = str(self.threads)
-        return {
-            "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
-            "PYTHONPATH": str(self.code_root or self.scratch / "runtime"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
-            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MPLBACKEND": "Agg",
-            "TORCH_HOME": "/tmp/torch",
-        }
 
     def _start(self) -> None:
         if self.starts >= self.max_starts:
@@ -152,7 +156,8 @@ class Worker:
         # The worker's output is kept only as a tail: a file in the scratch folder, limited like any file.
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "helper.grading.worker"], cwd=submission, env=self._environment(),
+                [*prefix, sys.executable, "-m", "helper.grading.worker"], cwd=submission,
+                env=environment(self.code_root or self.scratch / "runtime", self.threads),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, preexec_fn=preexec(self.limits),
                 start_new_session=True,
             )
@@ -183,10 +188,6 @@ class Worker:
         self._stop()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def log_tail(self, size: int = 2000) -> str:
-        return read_tail(self.log, size)
-
-    # ------------------------------------------------------------------ requests
     def module(self) -> Remote:
         """The module under test in the worker (importing it first, in a new worker when needed)."""
         if self._import_error is not None:
@@ -242,15 +243,7 @@ class Worker:
         try:
             protocol.write_frame(self.process.stdin.fileno(), message, list(blobs))
             reply, binary = protocol.read_frame(self.process.stdout.fileno(), deadline=start + timeout)
-            if not isinstance(reply, dict) or reply.get("id") != message["id"]:
-                raise protocol.ProtocolError("a reply that does not answer the request")
-            if "error" in reply:
-                error = reply["error"] if isinstance(reply["error"], dict) else {}
-                if message["op"] == "getattr" and error.get("type") == "AttributeError":
-                    raise AttributeError(str(error.get("message", ""))[:1000])
-                raise RemoteError(str(error.get("type", "Error"))[:100], str(error.get("message", ""))[:4000],
-                                  str(error.get("where", ""))[:200], bool(error.get("not_implemented")))
-            value = protocol.decode(reply.get("ok"), binary, self._remote)
+            value = result_of(reply, binary, message, self._remote)
         except TimeoutError:
             self._stop()
             raise WorkerLost(f"stopped after {timeout:g} s: the call did not return in time") from None
@@ -266,3 +259,21 @@ class Worker:
 
     def _remote(self, id: int, kind: str) -> Remote:
         return Remote(self, id, kind, self.generation)
+
+
+def result_of(reply, binary, request: dict, remote_of):
+    """
+    The value a reply carries (decoded; remote_of(id, type) makes its
+    Remotes), or the module's error raised here: RemoteError, or
+    AttributeError for a missing attribute. ProtocolError for a reply that
+    does not answer request.
+    """
+    if not isinstance(reply, dict) or reply.get("id") != request["id"]:
+        raise protocol.ProtocolError("a reply that does not answer the request")
+    if "error" in reply:
+        error = reply["error"] if isinstance(reply["error"], dict) else {}
+        if request["op"] == "getattr" and error.get("type") == "AttributeError":
+            raise AttributeError(str(error.get("message", ""))[:1000])
+        raise RemoteError(str(error.get("type", "Error"))[:100], str(error.get("message", ""))[:4000],
+                          str(error.get("where", ""))[:200], bool(error.get("not_implemented")))
+    return protocol.decode(reply.get("ok"), binary, remote_of)

@@ -42,7 +42,7 @@ NOTEBOOK = "rnn_lstm_captioning.ipynb"
 BEGIN, END, HINT = "# BEGIN SOLUTION", "# END SOLUTION", "# HINT:"
 # What stays out of the kit: the instructor's package (the kit maker, the batch grader, its sandbox and
 # similarity report), the commands over it, and the GPU check (it runs the grading tests). Paths under helper/.
-INSTRUCTOR_ONLY = ("instructor/", "release.py", "grade.py", "gpu_check.py", "dev/gpu_check.py", "dev/gpu_compare.py")
+INSTRUCTOR_ONLY = ("instructor/", "release.py", "grade.py", "gradescope.py", "gpu_check.py", "dev/gpu_check.py", "dev/gpu_compare.py")
 # Cells whose outputs vary or come from long runs: their stored outputs are never kept.
 UNSAFE_MARKERS = ("# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP")
 TOP_FILES = ("requirements.txt", "pytest.ini")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 HELPER = Path(__file__).resolve().parents[3] / "helper"
-SUBPACKAGES = ("common", "data", "captioning", "kit", "instructor", "dev")
+SUBPACKAGES = ("common", "data", "captioning", "grading", "kit", "instructor", "dev")
 MAX_FILE_LINES = 600
 MAX_CLASS_LINES = 150
 

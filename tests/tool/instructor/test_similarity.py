@@ -172,7 +172,7 @@ def test_grade_command_writes_the_report_next_to_the_csv(tmp_path, capsys):
     (subs[1] / "rnn_lstm_captioning.py").write_text(renamed(GOOD.read_text()))
     out = tmp_path / "out" / "grades.csv"
     argv = [str(s) for s in subs] + [
-        "--out", str(out), "--select", SELECT, "--test-timeout", "5", "--time-limit", "90", "--import-timeout", "45",
+        "--out", str(out), "--select", SELECT, "--test-timeout", "5", "--time-limit", "90",
         "--no-progress", "--no-beyond", "--jobs", "2", "--notebook-data", "", "--model-table", ""]
     assert grade.main(argv) == 0
     assert "similarity.csv" in capsys.readouterr().out
