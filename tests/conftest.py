@@ -83,6 +83,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "beyond: checks what our module does beyond the contract (never graded)")
     config.addinivalue_line(
         "markers",
+        "slow: the slow tier (training runs, torchrun, notebooks, batches of submissions, the self-check): "
+        "`make test-all` runs it, `make test` leaves it out",
+    )
+    config.addinivalue_line(
+        "markers",
         "unscored: a graded check of given code, or of names and shapes alone, that a module computing nothing "
         "could pass: reported with its part, worth 0 points",
     )

@@ -60,6 +60,7 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("encoder", ["--no-freeze-encoder", "--freeze-encoder"])
 def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_path, monkeypatch, capsys, encoder):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
@@ -144,6 +145,7 @@ def test_ctrl_c_stays_ignored_where_the_shell_ignores_it_and_sigterm_still_asks_
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow  # trains
 def test_frozen_run_resumes_from_a_checkpoint_without_its_standardised_projection(impl, data_path, tmp_path):
     # Checkpoints written before frozen runs standardised their features hold only the projection for raw
     # features (as the model weights of every checkpoint do); resuming goes on from the same model.
@@ -161,6 +163,7 @@ def test_frozen_run_resumes_from_a_checkpoint_without_its_standardised_projectio
         assert torch.allclose(expected[name], got[name], rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.slow  # trains
 def test_every_cell_type_trains_the_decoder_alone_with_a_frozen_encoder(impl, data_path, tmp_path):
     out = tmp_path / "rnn"
     assert train_cli.main(args(data_path, out, "--cell", "rnn", "--epochs", "1", "--freeze-encoder")) == 0
@@ -178,6 +181,7 @@ def test_every_cell_type_trains_the_decoder_alone_with_a_frozen_encoder(impl, da
     assert any(not torch.equal(trained[k], initial[k]) for k in decoder_keys)
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("cell", ["rnn", "attn"])
 def test_checkpoint_of_a_decoder_trained_on_standardised_features_captions_real_images_alike(
     impl, data_path, tmp_path, cell
@@ -212,6 +216,7 @@ def test_cached_features_give_the_loss_and_captions_of_the_encoder(impl):
     assert isinstance(lookup, FeatureLookup) and model_parts(model).encoder is encoder
 
 
+@pytest.mark.slow  # trains
 def test_feature_cache_file_is_reused_by_the_next_run(impl, data_path, tmp_path, monkeypatch):
     cache = tmp_path / "features.pt"
     run = ["--cell", "rnn", "--epochs", "1", "--freeze-encoder", "--feature-cache", str(cache), "--samples", "1"]
@@ -225,6 +230,7 @@ def test_feature_cache_file_is_reused_by_the_next_run(impl, data_path, tmp_path,
     assert train_cli.main(args(data_path, tmp_path / "second", *run)) == 0
 
 
+@pytest.mark.slow  # trains
 def test_time_budget_ends_the_run_before_an_epoch_that_would_not_fit(impl, data_path, tmp_path):
     out = tmp_path / "budget"
     run = ["--cell", "rnn", "--epochs", "3", "--minutes", "0.0001", "--freeze-encoder", "--samples", "1"]

@@ -18,6 +18,10 @@ from _impl_process import impl_process
 
 from helper.captioning import run as train_cli
 from helper.captioning.checkpoint import load_checkpoint
+import pytest
+
+# The slow tier (make test-all): training under torchrun, two processes.
+pytestmark = pytest.mark.slow
 
 
 def test_the_workers_import_the_implementation_under_test(impl, tmp_path):

@@ -2,6 +2,10 @@
 from helper.captioning.demo import main
 
 from _cli_data import TINY, write_tiny_data
+import pytest
+
+# The slow tier (make test-all): the demo trains every decoder.
+pytestmark = pytest.mark.slow
 
 
 def test_demo_trains_each_cell_type_and_writes_a_report(impl, tmp_path):

@@ -8,6 +8,10 @@ import torch
 
 from _cli_data import tiny_data
 from helper.dev import bench, machine
+import pytest
+
+# The slow tier (make test-all): the benchmark trains the whole model.
+pytestmark = pytest.mark.slow
 
 
 def test_training_throughput_is_measured_for_both_loops():

@@ -51,6 +51,9 @@ from _colab_rehearsal import (
 )
 from _range_server import CocoServer
 
+# The slow tier (make test-all): the notebook's Colab branch, run from first cell to last.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[3]
 NOTEBOOK = REPO / "rnn_lstm_captioning.ipynb"
 # Short training runs with the encoder training too, as the GPU defaults on Colab do.

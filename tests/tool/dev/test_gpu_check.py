@@ -9,6 +9,9 @@ import pytest
 
 from helper.dev import gpu_check
 
+# The slow tier (make test-all): a dry run of the GPU check runs the tests and the notebook again.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):

@@ -1,179 +1,185 @@
 """
-The batch grader (helper.grade): good, broken and hostile submissions, each
-graded in its sandbox with a small selection of checks, and the files it
-writes (CSV, feedback, Gradescope's results.json).
+The batch grader (helper.grade): what it writes (the CSV, with a final
+"sandbox" column; feedback; Gradescope's results.json), what a module that
+does not import or that crashes, hangs or exits inside a check costs, the
+notebook and the trained model, and its refusal to run submissions without
+a sandbox unless --no-sandbox is given.
 
-One batch grades every submission (module fixture); the tests read its
-results. About 2-3 minutes on 2 cores.
+Two batches: broken submissions (a correct module plus one fault), in the
+sandbox where bubblewrap works (else with --no-sandbox: what they test holds
+either way); and hand-ins with a notebook and a trained model, graded as if
+bubblewrap were missing, with --no-sandbox. Hostile submissions:
+test_hostile.py. About 3 minutes on 2 cores, most of it the broken batch (its module that
+hangs at import waits out the call timeout at each of its four checks).
 """
-import csv
-import json
+import contextlib
 import shutil
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 
-from helper.instructor import grade
-from helper.instructor.grade_model import parse_table, table_points
-from helper.instructor.grade_notebook import cell_markers
 from helper.common.utils import import_file
-from helper.instructor.sandbox import bwrap_path
+from helper.grading import sandbox
+from helper.instructor import grade, handin
+from helper.instructor.grade_model import parse_table, table_points
+from helper.instructor.grade_report import csv_columns
+from helper.instructor.notebook_cells import cell_markers
 
 from _cli_data import tiny_checkpoint, write_tiny_data
-from _grade_fixtures import AT_IMPORT, GOOD, IN_FUNCTION, SELECT, write_notebooks, write_submission
+from _grade_fixtures import (BROKEN_AT_IMPORT, BROKEN_IN_ONE_CHECK, CALL_TIMEOUT, FULL_MARKS, GOOD, batch_options,
+                             broken_module, grade_batch, write_module, write_notebooks)
 
-HOSTILE = list(AT_IMPORT) + list(IN_FUNCTION) + ["self_grading"]
-
-
-def options_for(submissions, out: Path, *extra) -> object:
-    """Parsed and completed options of a test batch: few checks, short limits, no progress bar."""
-    argv = [str(s) for s in submissions] + [
-        "--out", str(out), "--select", SELECT, "--test-timeout", "5", "--time-limit", "90",
-        "--import-timeout", "45", "--memory-gb", "6", "--no-progress", "--no-beyond", "--jobs", "2",
-        "--notebook-data", "", *extra,
-    ]
-    return grade.complete_options(grade.build_parser().parse_args(argv))
+PARTS = list(FULL_MARKS)
+FULL = sum(FULL_MARKS.values())
+F32 = "test_rnn_step_forward_is_tanh_of_the_two_affine_maps[float32]"
+F64 = "test_rnn_step_forward_is_tanh_of_the_two_affine_maps[float64]"
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory):
-    """Grade the good submission, every hostile one, and write the reports."""
-    root = tmp_path_factory.mktemp("batch")
-    decoy = root / "grader_file.txt"
-    decoy.write_text("the grader's own")
-    subs = root / "subs"
-    sources = [write_submission(subs, name, decoy) for name in ["good"] + HOSTILE]
-    out = root / "out" / "grades.csv"
-    options = options_for(sources, out, "--model-table", "")
-    grades = grade.grade_batch(sources, options)
-    print({g["name"]: round(g["seconds"], 1) for g in grades})
-    grade.grade_report.write_csv(out, grades)
-    for g in grades:
-        grade.grade_report.write_submission_files(out.with_suffix("") / g["name"], g)
-    return {"grades": {g["name"]: g for g in grades}, "out": out, "decoy": decoy, "options": options}
+@contextlib.contextmanager
+def without_bubblewrap():
+    """This process as on a machine without bwrap: the sandbox's own probe finds none."""
+    which = shutil.which
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sandbox, "_PROBED", {})
+        patch.setattr(sandbox.shutil, "which", lambda name, *a, **k: None if name == "bwrap" else which(name, *a, **k))
+        yield
 
 
-def earned(g, part):
-    return g["parts"][part]["earned"]
-
-
-def test_bubblewrap_is_used_where_it_works(batch):
-    assert (batch["options"].bwrap is not None) == (bwrap_path() is not None)
-    assert "bubblewrap" in batch["grades"]["good"]["sandbox"] or "NO SANDBOX" in batch["grades"]["good"]["sandbox"]
-
-
-def test_good_submission_gets_the_points_of_every_selected_check(batch):
-    good = batch["grades"]["good"]
-    assert good["status"] == "graded" and good["reason"] == ""
-    assert earned(good, "rnn") == pytest.approx(20) and earned(good, "embedding_loss") == pytest.approx(10)
-    assert good["parts"]["rnn"]["tests"] == 2
-    assert good["total"] == pytest.approx(30)
-
-
-def test_grading_is_reproducible(batch):
-    # Three submissions that behave alike (the same module, plus harmless noise) get the same row.
-    rows = list(csv.DictReader(batch["out"].open()))
-    by_name = {row.pop("name"): row for row in rows}
-    assert by_name["good"] == by_name["writes_outside"] == by_name["prints"]
-
-
-@pytest.mark.parametrize("name", ["syntax", "raises", "hangs", "sys_exit", "os_exit", "segfault", "huge"])
-def test_a_module_that_cannot_be_imported_scores_nothing_with_a_reason(batch, name):
-    g = batch["grades"][name]
-    assert g["status"] == "import error", g["reason"]
-    assert g["total"] == 0
-    expected = {
-        "syntax": "SyntaxError", "raises": "refuses to load", "hangs": "time limit", "sys_exit": "failed",
-        "os_exit": "failed", "segfault": "segmentation fault", "huge": "MemoryError",
-    }[name]
-    assert expected in g["reason"]
-
-
-@pytest.mark.parametrize(
-    "name, why",
-    [
-        ("exit_in_function", "ended early"),
-        ("segfault_in_function", "segmentation fault"),
-        ("ignores_alarm", "time limit"),
-    ],
-)
-def test_a_check_that_kills_its_process_is_named_and_the_finished_checks_keep_their_points(batch, name, why):
-    g = batch["grades"][name]
-    assert g["status"] == "partial"
-    assert why in g["reason"] and "test_rnn_step_forward" in g["reason"]
-    assert earned(g, "rnn") == 0
-    assert earned(g, "embedding_loss") == pytest.approx(10)  # those ran before the crash
-
-
-@pytest.mark.parametrize("name, why", [
-    ("loops_in_function", "stopped after 5 s"), ("sys_exit_in_function", "SystemExit"),
-    ("huge_in_function", ""), ("any_equal", "expected a torch.Tensor"),
-    ("prints_in_function", "File too large"),  # Python ignores SIGXFSZ: the write fails, the check fails
-    ("forges_events", "wrong"),  # a forged pass never overrides the check's real failure
-])
-def test_a_check_that_fails_inside_the_process_costs_its_points_only(batch, name, why):
-    g = batch["grades"][name]
-    assert g["status"] == "graded", g["reason"]
-    assert earned(g, "rnn") == 0 and earned(g, "embedding_loss") == pytest.approx(10)
-    rnn = [c for c in g["checks"] if c.part == "rnn"]
-    assert rnn and all(why in c.message for c in rnn)
-
-
-@pytest.mark.parametrize("name, clue", [
-    ("self_grading", "tampering"), ("patches_pytest", "must fail passed"),
-])
-def test_tampering_in_the_process_is_caught_and_scores_nothing(batch, name, clue):
-    g = batch["grades"][name]
-    assert g["status"] == "tampering" and clue in g["reason"]
-    assert g["total"] == 0
-
-
-def test_writes_outside_the_scratch_folder_change_nothing(batch):
-    assert batch["decoy"].read_text() == "the grader's own"
-    assert batch["grades"]["writes_outside"]["total"] == pytest.approx(30)
-
-
-@pytest.mark.skipif(bwrap_path() is None, reason="needs bubblewrap: without it the copy is writable (tested below)")
-def test_in_the_sandbox_the_test_files_cannot_be_changed(batch):
-    g = batch["grades"]["tampers_tests"]
-    assert g["status"] == "graded" and earned(g, "rnn") == pytest.approx(20)
-
-
-def test_megabytes_of_output_do_not_reach_the_reports(batch):
-    g = batch["grades"]["prints"]
-    assert g["total"] == pytest.approx(30)
-    folder = batch["out"].with_suffix("")
-    assert all(p.stat().st_size < 100_000 for p in folder.rglob("*") if p.is_file())
-
-
-def test_csv_has_a_row_per_submission_with_the_points_of_every_part(batch):
-    rows = list(csv.DictReader(batch["out"].open()))
-    assert [r["name"] for r in rows] == sorted(batch["grades"])
-    assert list(rows[0]) == ["name", "rnn", "embedding_loss", "lstm", "attention", "encoder", "captioning",
-                             "notebook", "model", "total", "max_total", "status", "reason"]
-    good = next(r for r in rows if r["name"] == "good")
-    assert (good["rnn"], good["embedding_loss"], good["total"], good["status"]) == ("20.00", "10.00", "30.00", "graded")
-
-
-def test_feedback_names_each_failed_check_and_what_it_expected_without_the_suites_code(batch):
-    text = (batch["out"].with_suffix("") / "any_equal" / "feedback.txt").read_text()
-    assert "test_rnn_step_forward_is_tanh_of_the_two_affine_maps[float32]" in text
-    assert "expected a torch.Tensor" in text
-    assert "def test_" not in text and "_references" not in text
-
-
-def test_results_json_is_gradescopes_format_and_adds_up(batch):
-    results = json.loads((batch["out"].with_suffix("") / "segfault_in_function" / "results.json").read_text())
-    assert set(results) >= {"score", "tests"}
-    assert all(set(t) >= {"name", "score", "max_score", "output"} for t in results["tests"])
-    assert sum(t["score"] for t in results["tests"]) == pytest.approx(results["score"]) == pytest.approx(10)
-    assert sum(t["max_score"] for t in results["tests"]) == pytest.approx(30)
+def sandbox_column() -> str:
+    return "NONE (--no-sandbox)" if sandbox.sandbox_problem() else "bubblewrap"
 
 
 # ---------------------------------------------------------------------------
-# Without a sandbox, the zip, the notebook and the trained model
+# Broken submissions
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    """The correct module, a copy that prints 5 MB at import, and every broken variant, with --jobs 2."""
+    root = tmp_path_factory.mktemp("broken")
+    subs = root / "subs"
+    # The one that hangs early: it waits out the call timeout at each of its four checks.
+    names = ["hangs_at_import", *(n for n in BROKEN_AT_IMPORT if n != "hangs_at_import"), *BROKEN_IN_ONE_CHECK]
+    sources = [write_module(subs, "good", GOOD.read_text())] + [write_module(subs, n, broken_module(n)) for n in names]
+    options = batch_options(jobs=2) + (["--no-sandbox"] if sandbox.sandbox_problem() else [])
+    graded = grade_batch(sources, root / "out" / "grades.csv", options)
+    print(graded.printed)
+    return graded
+
+
+def test_the_batch_finishes_and_every_row_names_how_its_submission_was_contained(broken):
+    assert broken.exit_code == 0, broken.printed
+    assert {row["sandbox"] for row in broken.rows.values()} == {sandbox_column()}
+
+
+def test_a_correct_submission_gets_the_points_of_every_selected_check(broken):
+    good = broken.rows["good"]
+    assert (good["status"], good["reason"]) == ("graded", "")
+    assert {part: broken.points("good", part) for part in PARTS} == FULL_MARKS
+    assert broken.points("good") == FULL and good["max_total"] == "100.00"
+    assert len(broken.results("good")["tests"]) == 4
+
+
+def test_grading_is_reproducible_a_submission_that_behaves_alike_gets_the_same_row(broken):
+    good, noisy = dict(broken.rows["good"]), dict(broken.rows["prints_5_mb_at_import"])
+    good.pop("name"), noisy.pop("name")
+    assert good == noisy
+
+
+@pytest.mark.parametrize("name, why", [
+    ("syntax_error", "SyntaxError"),
+    ("raises_at_import", "this module refuses to load"),
+    ("hangs_at_import", f"stopped after {CALL_TIMEOUT} s"),
+    ("segfaults_at_import", "segmentation fault"),
+    ("allocates_200_gb_at_import", "MemoryError"),
+])
+def test_a_module_that_cannot_be_imported_scores_nothing_with_a_reason(broken, name, why):
+    row = broken.rows[name]
+    assert row["status"] == "import error", row
+    assert float(row["total"]) == 0
+    assert "importing the module failed" in row["reason"] and why in row["reason"], row["reason"]
+
+
+@pytest.mark.parametrize("name, why", [
+    ("exits_in_one_check", "the worker process ended during the call"),
+    ("segfaults_in_one_check", "segmentation fault"),
+    ("hangs_in_one_check", f"stopped after {CALL_TIMEOUT} s"),
+])
+def test_a_check_that_ends_or_stops_its_worker_costs_that_check_only_and_is_named(broken, name, why):
+    row = broken.rows[name]
+    assert row["status"] == "partial", row
+    assert F32 in row["reason"] and why in row["reason"], row["reason"]
+    # The next check (float64) gets a new worker and passes; so do the loss checks that ran before.
+    assert broken.points(name, "rnn") == FULL_MARKS["rnn"] / 2
+    assert broken.points(name, "embedding_loss") == FULL_MARKS["embedding_loss"]
+
+
+@pytest.mark.parametrize("name, why", [
+    ("raises_system_exit_in_one_check", "SystemExit"),
+    ("allocates_a_terabyte_in_one_check", "raised"),
+    ("prints_100_mb_in_one_check", "File too large"),  # the worker's output is limited: the write fails
+    ("returns_an_object_that_equals_anything_in_one_check", "expected a torch.Tensor of shape (3, 5), got AnyEqual"),
+])
+def test_a_check_that_fails_inside_its_worker_costs_that_check_only(broken, name, why):
+    row = broken.rows[name]
+    assert (row["status"], row["reason"]) == ("graded", ""), row
+    tests = {t["name"].split("::")[-1]: t for t in broken.results(name)["tests"]}
+    assert tests[F32]["score"] == 0 and why in tests[F32]["output"], tests[F32]
+    assert tests[F64]["score"] == tests[F64]["max_score"] == FULL_MARKS["rnn"] / 2
+    assert broken.points(name) == FULL - FULL_MARKS["rnn"] / 2
+
+
+def test_megabytes_of_output_never_reach_the_reports(broken):
+    assert broken.points("prints_100_mb_in_one_check", "embedding_loss") == FULL_MARKS["embedding_loss"]
+    files = [p for p in broken.folder.rglob("*") if p.is_file()] + [broken.csv]
+    assert all(p.stat().st_size < 100_000 for p in files), max(files, key=lambda p: p.stat().st_size)
+
+
+def test_csv_has_a_row_per_submission_with_every_part_then_a_final_sandbox_column(broken):
+    header = broken.csv.read_text().splitlines()[0].split(",")
+    assert header == csv_columns()
+    assert header[:11] == ["name", "rnn", "embedding_loss", "lstm", "attention", "encoder", "captioning",
+                           "notebook", "model", "total", "max_total"]
+    assert {"status", "reason"} < set(header) and header[-1] == "sandbox"
+    names = list(broken.rows)
+    assert names == sorted(names) and len(names) == 1 + len(BROKEN_AT_IMPORT) + len(BROKEN_IN_ONE_CHECK)
+    good = broken.rows["good"]
+    assert (good["rnn"], good["embedding_loss"], good["total"], good["notebook"], good["model"]) == (
+        "20.00", "10.00", "30.00", "", "")
+
+
+def test_feedback_names_each_failed_check_and_what_went_wrong_without_the_suites_code(broken):
+    text = broken.feedback("returns_an_object_that_equals_anything_in_one_check")
+    assert text.startswith("Grade of returns_an_object_that_equals_anything_in_one_check: 20.00 / 100.00")
+    assert f"test_rnn.py::{F32}: Failed: rnn_step_forward next_h: expected a torch.Tensor of shape (3, 5), got AnyEqual" in text
+    assert "Vanilla RNN: step, sequence, backward pass by hand, module: 10.00 / 20 (1 of 2 checks passed)" in text
+    assert "def test_" not in text and "_references" not in text
+    assert ("Graded without a sandbox" in text) == (sandbox_column() != "bubblewrap")
+
+
+def test_results_json_is_gradescopes_format_and_adds_up(broken):
+    results = broken.results("segfaults_in_one_check")
+    assert set(results) >= {"score", "output", "tests"}
+    assert all(set(t) >= {"name", "score", "max_score", "output"} for t in results["tests"])
+    assert sum(t["score"] for t in results["tests"]) == pytest.approx(results["score"]) == FULL - 10
+    assert sum(t["max_score"] for t in results["tests"]) == pytest.approx(FULL)
+    assert "segmentation fault" in results["output"]
+
+
+# ---------------------------------------------------------------------------
+# Without a sandbox: refused, unless --no-sandbox
+
+
+def test_without_a_working_sandbox_the_grader_refuses_before_any_submission_runs(tmp_path, capsys):
+    marker = tmp_path / "the_submission_ran"
+    source = write_module(tmp_path, "eager", f"open({str(marker)!r}, 'w').write('ran')\n" + GOOD.read_text())
+    with without_bubblewrap():
+        code = grade.main([str(source), "--out", str(tmp_path / "out" / "grades.csv"), "--no-progress"])
+    error = capsys.readouterr().err
+    assert code != 0
+    assert "apt-get install bubblewrap" in error and "--no-sandbox" in error, error
+    assert not marker.exists() and not (tmp_path / "out" / "grades.csv").exists()
 
 
 def load_good_module():
@@ -181,72 +187,81 @@ def load_good_module():
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory):
+def unsandboxed(tmp_path_factory):
     """
-    A zip with module, notebook and model; a folder with a damaged model; one with a model that does
-    not fit; a test-file tamperer. Without the sandbox (its fallback is tested here).
+    As if bubblewrap were missing, with --no-sandbox: a zip with module, notebook and model (alice); a
+    damaged model and no notebook (bob); a model that does not fit the module (carol).
     """
-    root = tmp_path_factory.mktemp("full")
+    root = tmp_path_factory.mktemp("unsandboxed")
     data = write_tiny_data(root / "tiny.pt", num_val=6)
     reference, student = write_notebooks(root)
-    (root / "alice" / "runs" / "notebook" / "attn").mkdir(parents=True)
-    shutil.copy(GOOD, root / "alice" / "rnn_lstm_captioning.py")
-    shutil.copy(student, root / "alice" / "rnn_lstm_captioning.ipynb")
-    tiny_checkpoint(load_good_module(), root / "alice" / "runs/notebook/attn/best.pt", data_path=str(data))
+    alice = root / "alice"
+    (alice / "runs" / "notebook" / "attn").mkdir(parents=True)
+    shutil.copy(GOOD, alice / "rnn_lstm_captioning.py")
+    shutil.copy(student, alice / "rnn_lstm_captioning.ipynb")
+    tiny_checkpoint(load_good_module(), alice / "runs/notebook/attn/best.pt", data_path=str(data))
     with zipfile.ZipFile(root / "alice.zip", "w") as archive:
-        for path in (root / "alice").rglob("*"):
-            archive.write(path, path.relative_to(root / "alice").as_posix())
-    shutil.copytree(root / "alice", root / "bob")
+        for path in alice.rglob("*"):
+            archive.write(path, path.relative_to(alice).as_posix())
+    shutil.copytree(alice, root / "bob")
     (root / "bob" / "runs/notebook/attn/best.pt").write_bytes(b"not a checkpoint")
     (root / "bob" / "rnn_lstm_captioning.ipynb").unlink()
     shutil.copytree(root / "bob", root / "carol")
-    checkpoint = torch.load(root / "alice" / "runs/notebook/attn/best.pt", weights_only=True)
+    checkpoint = torch.load(alice / "runs/notebook/attn/best.pt", weights_only=True)
     checkpoint["model"]["extra.weight"] = torch.zeros(3)  # a state dict that does not fit the module
     torch.save(checkpoint, root / "carol" / "runs/notebook/attn/best.pt")
-    tamperer = write_submission(root, "tampers_tests", root / "decoy")
-    sources = [root / "alice.zip", root / "bob", root / "carol", tamperer]
-    options = options_for(sources, root / "out" / "grades.csv", "--no-sandbox", "--reference-notebook",
-                          str(reference), "--model-table", "bleu1>=0:3,exact>=1.01:9")
-    return {g["name"]: g for g in grade.grade_batch(sources, options)}
+    sources = [root / "alice.zip", root / "bob", root / "carol"]
+    options = batch_options(jobs=2) + ["--no-sandbox", "--reference-notebook", str(reference), "--model-table",
+                                       "bleu1>=0:3,exact>=1.01:9", "--model-data", str(data), "--notebook-points", "10"]
+    with without_bubblewrap():
+        graded = grade_batch(sources, root / "out" / "grades.csv", options)
+    print(graded.printed)
+    return graded
 
 
-def test_without_a_sandbox_changed_test_files_are_caught(full):
-    g = full["tampers_tests"]
-    assert g["status"] == "tampering" and "test files" in g["reason"] and g["total"] == 0
-    assert "NO SANDBOX" in g["sandbox"]
+def test_with_no_sandbox_it_grades_without_bubblewrap_and_every_report_says_so(unsandboxed):
+    assert unsandboxed.exit_code == 0, unsandboxed.printed
+    assert "NO SANDBOX (--no-sandbox)" in unsandboxed.printed
+    assert {row["sandbox"] for row in unsandboxed.rows.values()} == {"NONE (--no-sandbox)"}
+    for name in unsandboxed.rows:
+        assert "Graded without a sandbox: NO SANDBOX" in unsandboxed.feedback(name)
 
 
-def test_notebook_cells_are_reported_one_by_one_under_our_markers(full):
-    notebook = full["alice"]["notebook"]
-    statuses = [c["status"] for c in notebook["cells"]]
-    expected = ["reproduced", "reproduced", "differs", "fails", "differs", "output ignored", "reproduced"]
-    assert statuses == expected, notebook["cells"]
-    assert "'3\\n' == '2\\n'" in notebook["cells"][2]["message"] and "broken cell" in notebook["cells"][3]["message"]
-    assert notebook["added_markers"] == [(4, "NBVAL_SKIP")]
-    assert notebook["earned"] == pytest.approx(10 * 3 / 6)
-    assert "added by the student" in notebook["reason"]
+def test_notebook_cells_are_reported_one_by_one_against_the_references_checked_cells(unsandboxed):
+    text = unsandboxed.feedback("alice")
+    statuses = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("  cell ") and
+                "marker" not in line]
+    # The reference's sixth cell is NBVAL_IGNORE_OUTPUT: not checked, so six checked cells of seven.
+    assert statuses == ["reproduced", "reproduced", "differs", "fails", "differs", "reproduced"], text
+    assert "'3\\n' == '2\\n'" in text and "broken cell" in text
+    assert "cell 4: you added the marker NBVAL_SKIP; it was not obeyed" in text
+    assert unsandboxed.rows["alice"]["notebook"] == "5.00"  # 10 points x 3 of 6
 
 
-def test_a_trained_model_is_scored_by_the_threshold_table(full):
-    model = full["alice"]["model"]
-    assert model["reason"] == "", model["reason"]
-    assert set(model["metrics"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "exact"}
-    assert model["earned"] == 3 and model["points"] == 9
-    assert full["alice"]["total"] == pytest.approx(30 + 5 + 3)
+def test_a_trained_model_is_scored_by_the_threshold_table(unsandboxed):
+    row = unsandboxed.rows["alice"]
+    assert row["status"] == "graded", row
+    text = unsandboxed.feedback("alice")
+    assert "Trained model: 3.00 / 9" in text
+    assert all(name in text for name in ("bleu1", "bleu4", "cider", "exact"))
+    assert (row["model"], row["total"], row["max_total"]) == ("3.00", "38.00", "119.00")  # 30 + 5 + 3
 
 
-def test_a_damaged_model_costs_the_model_points_only(full):
-    bob = full["bob"]
-    assert bob["model"]["earned"] == 0 and "not a checkpoint" in bob["model"]["reason"]
-    assert bob["notebook"] is None
-    assert bob["total"] == pytest.approx(30) and bob["status"] == "graded"
+def test_a_damaged_model_costs_the_model_points_only(unsandboxed):
+    row = unsandboxed.rows["bob"]
+    assert (row["model"], row["notebook"], row["total"], row["status"]) == ("0.00", "", "30.00", "graded"), row
+    assert "not a checkpoint" in row["reason"] + unsandboxed.feedback("bob")
 
 
-def test_a_model_that_does_not_fit_the_module_costs_the_model_points_only(full):
-    carol = full["carol"]
-    assert carol["model"]["earned"] == 0
-    assert "failed: RuntimeError" in carol["model"]["reason"] and "extra.weight" in carol["model"]["reason"]
-    assert carol["total"] == pytest.approx(30)
+def test_a_model_that_does_not_fit_the_module_costs_the_model_points_only(unsandboxed):
+    row = unsandboxed.rows["carol"]
+    assert (row["model"], row["total"]) == ("0.00", "30.00"), row
+    text = unsandboxed.feedback("carol")
+    assert "RuntimeError" in text and "extra.weight" in text
+
+
+# ---------------------------------------------------------------------------
+# Parts without a batch
 
 
 def test_threshold_table_parsing():
@@ -259,7 +274,7 @@ def test_threshold_table_parsing():
         parse_table("accuracy>=1:3")
 
 
-def test_markers_are_read_from_comment_lines():
+def test_markers_are_read_from_comment_lines_only():
     source = "# NBVAL_SKIP\nx = 1  # NBVAL_IGNORE_OUTPUT\n#NBVAL_IGNORE_OUTPUT"
     assert cell_markers(source) == ["NBVAL_SKIP", "NBVAL_IGNORE_OUTPUT"]
 
@@ -267,3 +282,43 @@ def test_markers_are_read_from_comment_lines():
 def test_command_line_reports_a_missing_submission(tmp_path, capsys):
     assert grade.main([str(tmp_path / "nobody.zip"), "--out", str(tmp_path / "g.csv")]) == 1
     assert "no such submission" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path, name", [
+    ("alice.zip", "alice"), ("bob", "bob"), ("carol/rnn_lstm_captioning.py", "carol"), ("d a/x.zip", "x"),
+    ("e v/rnn_lstm_captioning.py", "e_v"),
+])
+def test_a_submission_is_named_after_its_zip_or_folder(tmp_path, path, name):
+    target = tmp_path / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (target.mkdir() if "." not in target.name else target.write_text(""))
+    assert handin.submission_name(target) == name
+
+
+def test_a_hand_in_s_files_are_taken_under_fixed_names_and_its_model_read_before_any_code(tmp_path):
+    folder = tmp_path / "hand-in"
+    (folder / "deep" / "runs" / "notebook" / "attn").mkdir(parents=True)
+    (folder / "deep" / "rnn_lstm_captioning.py").write_text("# a copy")
+    (folder / "rnn_lstm_captioning.py").write_text("# the module")  # the shortest path wins
+    (folder / "notes.ipynb").write_text("{}")
+    (folder / "deep" / "runs/notebook/attn/best.pt").write_bytes(b"not a checkpoint")
+    files = handin.unpack(folder, tmp_path / "work")
+    assert files["module"].read_text() == "# the module" and files["notebook"] is None
+    assert files["checkpoint"] is None and "is not a checkpoint" in files["problems"][0]
+    assert not (tmp_path / "work" / "weights.pt").exists()  # read into memory, then removed
+
+
+def test_a_zip_with_too_many_members_is_refused_before_unpacking(tmp_path, monkeypatch):
+    monkeypatch.setattr(handin, "MAX_MEMBERS", 3)
+    with zipfile.ZipFile(tmp_path / "many.zip", "w") as archive:
+        for i in range(4):
+            archive.writestr(f"f{i}.txt", "x")
+        archive.writestr("rnn_lstm_captioning.py", "# the module")
+    files = handin.unpack(tmp_path / "many.zip", tmp_path / "work")
+    assert files["module"] is None and "holds 5 files (at most 3)" in files["problems"][0]
+
+
+def test_a_hand_in_that_is_neither_a_folder_a_module_nor_a_zip_is_a_reason(tmp_path):
+    (tmp_path / "essay.txt").write_text("I did it")
+    files = handin.unpack(tmp_path / "essay.txt", tmp_path / "work")
+    assert files["module"] is None and "is not a folder, a .py file or a zip" in files["problems"][0]

@@ -35,6 +35,7 @@ def grade_of(impl_file: Path, tmp_path: Path, *files: str, extra=()) -> dict:
 ZEROS_FLOOR = 10  # tests/CONTRACT.md: a module whose functions return zeros of the right shapes earns at most this
 
 
+@pytest.mark.slow  # grades a file in a subprocess
 @pytest.mark.parametrize("solution", ["zeros", "self_grading"])
 def test_a_module_that_computes_nothing_earns_at_most_the_floor(tmp_path, solution):
     # zeros: the given code and the constructors, every other function returning zeros of the right shapes;
@@ -44,6 +45,7 @@ def test_a_module_that_computes_nothing_earns_at_most_the_floor(tmp_path, soluti
     assert grade["max_total"] == rubric.TOTAL_POINTS
 
 
+@pytest.mark.slow  # grades a file in a subprocess
 def test_points_of_a_part_are_shared_by_its_tests_and_beyond_checks_are_not_counted(tmp_path):
     # The typical solution meets the contract, not our extras (it squeezes a batch of one away).
     files = ["tests/grading/test_lstm.py", "tests/beyond/test_any_grid_any_batch.py"]
@@ -58,6 +60,7 @@ def test_points_of_a_part_are_shared_by_its_tests_and_beyond_checks_are_not_coun
     assert all(b["message"].startswith("beyond the assignment") for b in grade["beyond"] if b["outcome"] == "failed")
 
 
+@pytest.mark.slow  # grades a file in a subprocess
 def test_unscored_checks_run_and_report_but_earn_nothing(tmp_path):
     grade = grade_of(SOLUTIONS / "typical" / "rnn_lstm_captioning.py", tmp_path, "tests/grading/test_encoder.py",
                      "tests/grading/test_lstm.py", extra=["-k", "encoder or parameters"])

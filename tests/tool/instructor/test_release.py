@@ -190,6 +190,7 @@ def test_a_kit_module_that_imports_an_instructor_module_stops_the_release(tmp_pa
         new_tool.unlink()
 
 
+@pytest.mark.slow  # runs a notebook or a second release
 def test_release_command(tmp_path, kit):
     out = tmp_path / "cli-kit"
     done = subprocess.run([sys.executable, "-m", "helper.release", str(out)], cwd=REPO_ROOT, capture_output=True,
@@ -212,6 +213,7 @@ def _data_env():
     return {**os.environ, "CAPTIONING_DATA_DIR": os.environ.get("CAPTIONING_DATA_DIR", str(REPO_ROOT / "datasets"))}
 
 
+@pytest.mark.slow  # runs a notebook or a second release
 def test_the_kit_notebook_stops_at_the_first_piece_to_write(tmp_path, kit, monkeypatch):
     from nbclient.exceptions import CellExecutionError
 
@@ -227,6 +229,7 @@ def test_the_kit_notebook_stops_at_the_first_piece_to_write(tmp_path, kit, monke
     assert "rnn_step_forward is not implemented yet" in message
 
 
+@pytest.mark.slow  # runs a notebook or a second release
 def test_the_reference_in_the_kit_passes_nbval(tmp_path, kit):
     copy = copy_kit(kit, tmp_path / "solved", with_reference=True)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-current-env", "--nbval",

@@ -167,6 +167,7 @@ def test_the_grader_collects_modules_only_when_wanted(tmp_path):
     assert options(subs[0]).similarity_modules is None  # one submission: nothing to compare
 
 
+@pytest.mark.slow  # grades a batch
 def test_grade_command_writes_the_report_next_to_the_csv(tmp_path, capsys):
     subs = [write(tmp_path / "subs", name, GOOD.read_text()).parent for name in ("alice", "bob")]
     (subs[1] / "rnn_lstm_captioning.py").write_text(renamed(GOOD.read_text()))

@@ -79,6 +79,7 @@ def run_suite_on(impl_file: Path, test_files, junit: Path, grade: Path) -> subpr
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # grades the kit's module in a subprocess
 def test_stub_file_gives_ordinary_failures_that_name_the_functions(impl, tmp_path):
     source = Path(impl.__file__).read_text()
     if not BLOCK.search(source):

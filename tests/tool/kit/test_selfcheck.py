@@ -30,6 +30,7 @@ def _parts_with_solution_blocks() -> set:
     return {part.key for part in rubric.PARTS if owners & set(part.api)}
 
 
+@pytest.mark.slow  # runs the self-check: every part, in workers
 def test_the_kit_reports_every_part_to_write_as_not_written(kit):
     results = selfcheck(kit / MODULE)
     assert [part["key"] for part in results] == [part.key for part in rubric.PARTS]
@@ -48,6 +49,7 @@ def test_the_kit_reports_every_part_to_write_as_not_written(kit):
     assert f"of {rubric.TOTAL_POINTS:g} points" in report
 
 
+@pytest.mark.slow  # runs the self-check: every part, in workers
 def test_the_reference_copied_into_the_kit_gets_every_point(tmp_path, kit):
     solved = copy_kit(kit, tmp_path / "solved", with_reference=True)
     done = subprocess.run([sys.executable, "-m", "helper.selfcheck", "--json"], cwd=solved, capture_output=True,
@@ -58,6 +60,7 @@ def test_the_reference_copied_into_the_kit_gets_every_point(tmp_path, kit):
     assert sum(p["earned"] for p in results) == rubric.TOTAL_POINTS
 
 
+@pytest.mark.slow  # runs the self-check: every part, in workers
 @pytest.mark.parametrize("solution", ["typical", "loops"])
 def test_independent_correct_solutions_pass_the_public_checks(solution):
     results = selfcheck(SOLUTIONS / solution / MODULE)
@@ -92,6 +95,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.slow  # runs the self-check: every part, in workers
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_a_broken_module_is_reported_never_a_crash(tmp_path, name):
     old, new, status, words = BROKEN[name]
