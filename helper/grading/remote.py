@@ -189,7 +189,7 @@ class Worker:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def module(self) -> Remote:
-        """The module under test in the worker (importing it first, in a new worker when needed)."""
+        """The module in the worker (imported first, in a new worker when needed); a failed import fails all."""
         if self._import_error is not None:
             raise self._import_error
         if self.process is None or self._module is None:
@@ -198,7 +198,7 @@ class Worker:
             try:
                 self._module = self._request_now({"op": "import", "path": str(self.scratch / "submission" /
                                                                               MODULE_NAME)}, self.timeout)
-            except RemoteError as error:
+            except (RemoteError, WorkerLost) as error:
                 self._import_error = error
                 raise
         return self._module
@@ -214,7 +214,7 @@ class Worker:
 
     def release(self, remote: Remote) -> None:
         if remote._generation == self.generation and self.process is not None:
-            self._released.append(remote._id)
+            self._released.append(remote._id)  # the worker forgets it with the next request
 
     def request(self, op: str, timeout: Optional[float] = None, printed: bool = False, **fields):
         """Send one request; its result (see the module docstring for the errors)."""
@@ -224,8 +224,7 @@ class Worker:
         blobs = []
         for key, value in fields.items():
             message[key] = protocol.encode(value, blobs, self._refuse) if key in ("args", "kwargs", "obj") else value
-        if "obj" in message:
-            message["obj"] = message["obj"]["handle"]
+        message["obj"] = message["obj"]["handle"] if "obj" in message else None
         return self._request_now(message, timeout or self.timeout, blobs, printed)
 
     def _refuse(self, value):

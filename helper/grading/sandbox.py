@@ -13,7 +13,8 @@ installation and the virtual environment, and the folders passed as
 `readable`); a size-limited tmpfs at /tmp, the only place it can write
 (`writable` folders besides, where the caller asks); no network (a new
 network namespace with only the loopback device); its own process, IPC and
-UTS namespaces; killed with its parent. Run by root, the process inside runs
+UTS namespaces; no kernel keyrings (a seccomp filter: they are kept per user,
+outside every namespace); killed with its parent. Run by root, the process inside runs
 as an unprivileged user of its own (SANDBOX_UID, or the uid given) with every
 capability dropped and no way to gain one (setpriv --no-new-privs): it
 cannot remount, write or read what it was not given, or signal the grader.
@@ -113,9 +114,57 @@ def _binds(option: str, paths: Sequence[Path]) -> list:
     return arguments
 
 
+# Kernel keyrings are kept per user, outside every namespace: a sandbox could leave a key that a later
+# sandbox of the same user reads. A seccomp filter (classic BPF) refuses their system calls with EPERM,
+# as it refuses every system call of another architecture (x86-64's x32 ABI included).
+KEYRING_CALLS = {"x86_64": (0xC000003E, (248, 249, 250)), "aarch64": (0xC00000B7, (217, 218, 219))}
+_SECCOMP = {}
+
+
+def seccomp_program() -> Optional[bytes]:
+    """The filter as bytes for bwrap --seccomp, or None on an architecture it does not know."""
+    import platform
+    import struct
+
+    if platform.machine() not in KEYRING_CALLS:
+        return None
+    arch, calls = KEYRING_CALLS[platform.machine()]
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    checks = [(jge, 0x40000000)] if platform.machine() == "x86_64" else []
+    checks += [(jeq, number) for number in calls]
+    # 0: A = arch; 1: foreign -> deny; 2: A = number; then each check jumps to the last instruction (deny).
+    program = [(load, 0, 0, 4), (jeq, 0, len(checks) + 2, arch), (load, 0, 0, 0)]
+    program += [(op, len(checks) - i, 0, k) for i, (op, k) in enumerate(checks)]
+    program += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def seccomp_file() -> Optional[str]:
+    """A file holding seccomp_program(), written once per process (None where there is no filter)."""
+    if "path" not in _SECCOMP:
+        program = seccomp_program()
+        path = None
+        if program is not None:
+            import tempfile
+
+            import atexit
+
+            descriptor, path = tempfile.mkstemp(prefix="sandbox-seccomp-", suffix=".bpf")
+            os.write(descriptor, program)
+            os.close(descriptor)
+            atexit.register(os.unlink, path)
+        _SECCOMP["path"] = path
+    return _SECCOMP["path"]
+
+
 def bwrap_command(bwrap: str, readable: Sequence[Path] = (), writable: Sequence[Path] = (),
-                  cwd: Optional[Path] = None, limits: Limits = Limits(), uid: Optional[int] = None) -> list:
-    """The command prefix that runs a program in the sandbox (see the module docstring)."""
+                  cwd: Optional[Path] = None, limits: Limits = Limits(), uid: Optional[int] = None,
+                  env: Optional[Dict[str, str]] = None) -> list:
+    """
+    The command prefix that runs a program in the sandbox (see the module
+    docstring); env, when given, is the program's whole environment.
+    """
     command = [bwrap, *_system_binds(), "--proc", "/proc", "--dev", "/dev"]
     # The tmpfs first: what is bound after it may lie under /tmp (a clone or a scratch folder there).
     command += ["--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
@@ -123,6 +172,11 @@ def bwrap_command(bwrap: str, readable: Sequence[Path] = (), writable: Sequence[
     command += _binds("--bind", writable)
     command += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                 "--die-with-parent", "--new-session", "--chdir", str(cwd or "/tmp")]
+    if env is not None:
+        command += ["--clearenv", *(a for name, value in env.items() for a in ("--setenv", name, value))]
+    seccomp = seccomp_file()
+    if seccomp is not None:  # bwrap reads the filter from a descriptor: the shell opens the file as 9
+        command = ["/bin/sh", "-c", 'exec "$@" 9<"$0"', seccomp, *command, "--seccomp", "9"]
     if os.geteuid() == 0:
         user = str(SANDBOX_UID if uid is None else uid)
         command += ["--", shutil.which("setpriv") or "/usr/bin/setpriv", "--reuid", user, "--regid", user,

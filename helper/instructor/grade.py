@@ -47,7 +47,7 @@ from typing import List, Optional, Sequence
 from helper.common.cli import run_command
 from helper.grading.results import summarize_parts
 from helper.grading.sandbox import SandboxUnavailable, bwrap_path, sandbox_note, sandbox_problem
-from helper.instructor import grade_checks, grade_model, grade_notebook, grade_report, similarity
+from helper.instructor import grade_checks, grade_model, grade_notebook, grade_report, regrade, similarity
 from helper.instructor.handin import MODULE, NOTEBOOK, WEIGHTS, submission_name, unpack
 from helper.kit.rubric import TOTAL_POINTS
 
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-similarity", action="store_true",
                    help="no similarity report (similarity.csv/.html next to the CSV, for 2+ submissions)")
+    p.add_argument("--regrade", type=Path, metavar="OLD_CSV",
+                   help="an earlier grades.csv: keep its adjustment column, write what changed per student")
     return p
 
 
@@ -88,7 +90,7 @@ def empty_grade(name: str, options) -> dict:
     """A grade with no points yet."""
     return {"name": name, "status": "graded", "reason": "", "parts": summarize_parts([]), "checks": [],
             "notebook": None, "model": None, "total": 0.0, "max_total": 0.0, "sandbox": sandbox_note(options.bwrap),
-            "seconds": 0.0}
+            "seconds": 0.0, "suite": options.suite}
 
 
 def grade_submission(source: Path, name: str, options) -> dict:
@@ -196,6 +198,7 @@ def complete_options(options) -> argparse.Namespace:
         raise SandboxUnavailable(f"no sandbox, no grading: {sandbox_problem()}. Once it works, run this again; to grade "
                            f"without it (submissions can then read and write what you can), add --no-sandbox")
     options.bwrap = None if options.no_sandbox else bwrap_path()
+    options.suite = regrade.suite_stamp()  # the digest of the checks, stamped on every grade
     options.threads = max(1, (os.cpu_count() or 1) // options.jobs)
     options.data_cache = {}
     options.lock = threading.Lock()
@@ -211,7 +214,10 @@ def grade_command(args: argparse.Namespace) -> None:
     """Grade, write the CSV and the per-submission files, print a summary."""
     options = complete_options(args)
     print(sandbox_note(options.bwrap))
+    previous = regrade.read_previous(options.regrade) if options.regrade else None  # before anything is rewritten
     grades = grade_batch(options.submissions, options)
+    if previous is not None:
+        regrade.carry_over(previous, grades)
     grade_report.write_csv(options.out, grades)
     folder = options.out.with_suffix("")
     for grade in grades:
@@ -222,6 +228,10 @@ def grade_command(args: argparse.Namespace) -> None:
     similarity_line = similarity.batch_report(options, options.out.parent)
     if similarity_line:
         print(similarity_line)
+    if previous is not None:
+        report = regrade.changes(previous, grades)
+        print(regrade.report_text(report).rstrip())
+        print("wrote", *regrade.write_changes(report, options.out))
     print(f"wrote {options.out} and {folder}/NAME/feedback.txt, results.json")
 
 

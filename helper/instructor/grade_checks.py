@@ -86,8 +86,8 @@ def run_checks(module: Path, out: Path, options, uid: Optional[int] = None) -> C
         tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
         raise RuntimeError(f"the judge wrote no grade ({type(error).__name__}: {error}); its log ends:\n{tail}")
     graded = [c for c in result.checks if c.kind == "graded"]
-    if graded and all(c.message.startswith(IMPORT_FAILED) for c in graded):
-        result.import_error = graded[0].message
+    if graded and all(IMPORT_FAILED in c.message.split("\n", 1)[0] for c in graded):
+        result.import_error = graded[0].message.removeprefix("Failed: ")
     result.incidents += sorted({f"{c.name}: {c.message}" for c in graded
                                 if "stopped after" in c.message or "the worker process" in c.message})
     return result

@@ -95,9 +95,9 @@ def grade_model(checkpoint: dict, module: Path, options, uid: Optional[int] = No
                     max_starts=1)
     try:
         model = worker.module().CaptioningRNN(word_to_idx, image_encoder_pretrained=False, **config)
-        worker.probe("load_state", model, state)
+        worker.probe("load_state", model, {str(k): v for k, v in dict(state).items()})  # plain data only
         captions = worker.probe("greedy_captions", model, split["images"])
-    except (RemoteError, WorkerLost) as error:
+    except (RemoteError, WorkerLost, TypeError) as error:  # TypeError: a state that is not tensors by name
         raise ValueError(f"captioning with the submitted model failed: {error}") from None
     finally:
         worker.close()

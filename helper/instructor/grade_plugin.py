@@ -104,9 +104,9 @@ def _kernel_in_sandbox(settings: dict) -> None:
             if settings["bwrap"] is None:  # --no-sandbox: the limits only
                 return ["env", "-i", *(f"{k}={v}" for k, v in environment.items()), *command]
             prefix = bwrap_command(settings["bwrap"], readable=[connection, Path(settings["data_dir"])],
-                                   writable=[folder, sockets], cwd=folder, limits=limits, uid=settings["uid"])
-            settings_env = [a for k, v in environment.items() for a in ("--setenv", k, v)]
-            return [prefix[0], "--clearenv", *settings_env, *prefix[1:], *command]
+                                   writable=[folder, sockets], cwd=folder, limits=limits, uid=settings["uid"],
+                                   env=environment)
+            return [*prefix, *command]
 
     nbval.kernel.KernelManager = SandboxedKernelManager
 

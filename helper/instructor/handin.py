@@ -57,6 +57,22 @@ def _copy_limited(source, target: Path, budget: list) -> None:
     budget[0] -= written
 
 
+def check_archive(path: Path) -> None:
+    """
+    ValueError unless a checkpoint holds no more than MAX_MEMBER_BYTES once
+    loaded: torch.save writes its zip members stored, so a compressed member
+    (a few megabytes that inflate to gigabytes in the grader's memory) is refused.
+    """
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format: read as it lies on disk, no bigger than the file
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+    if any(m.compress_type != zipfile.ZIP_STORED for m in members):
+        raise ValueError("it holds compressed members (torch.save stores them as they are)")
+    if sum(m.file_size for m in members) > MAX_MEMBER_BYTES:
+        raise ValueError(f"it unpacks to more than {MAX_MEMBER_BYTES >> 20} MB")
+
+
 def unpack(source: Path, into: Path) -> dict:
     """
     The hand-in's files in folder into (see the module docstring).
@@ -99,6 +115,7 @@ def unpack(source: Path, into: Path) -> dict:
     found["module"], found["notebook"] = copied.get("module"), copied.get("notebook")
     if "weights" in copied:
         try:
+            check_archive(copied["weights"])
             found["checkpoint"] = load_checkpoint(copied["weights"])  # weights_only: no code runs
         except Exception as error:  # noqa: BLE001 - any damage is a reason, not a crash of the batch
             found["problems"].append(f"{WEIGHTS} is not a checkpoint ({type(error).__name__}: {str(error)[:200]})")

@@ -155,3 +155,15 @@ def test_the_probe_names_bubblewrap_and_how_to_install_it_when_it_is_missing(mon
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     assert "apt-get install bubblewrap" in sandbox._probe()
     assert subprocess.run(["true"]).returncode == 0
+
+
+def test_kernel_keyrings_are_refused_so_no_key_outlives_a_sandbox(tmp_path):
+    # Keyrings are kept per user, outside every namespace: a key left by one sandbox could reach the next.
+    printed = inside("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        add_key, keyctl = (248, 250) if __import__('platform').machine() == 'x86_64' else (217, 219)
+        print('add_key', libc.syscall(add_key, b'user', b'grader', b'secret', 6, -4), ctypes.get_errno())
+        print('keyctl', libc.syscall(keyctl, 0, -4, 0), ctypes.get_errno())
+    """, tmp_path)
+    assert "add_key -1 1" in printed and "keyctl -1 1" in printed, printed  # EPERM

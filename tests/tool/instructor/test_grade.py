@@ -30,6 +30,9 @@ from _cli_data import tiny_checkpoint, write_tiny_data
 from _grade_fixtures import (BROKEN_AT_IMPORT, BROKEN_IN_ONE_CHECK, CALL_TIMEOUT, FULL_MARKS, GOOD, batch_options,
                              broken_module, grade_batch, write_module, write_notebooks)
 
+# The slow tier (make test-all): batches of submissions, each graded by the judge and its worker.
+pytestmark = pytest.mark.slow
+
 PARTS = list(FULL_MARKS)
 FULL = sum(FULL_MARKS.values())
 F32 = "test_rnn_step_forward_is_tanh_of_the_two_affine_maps[float32]"

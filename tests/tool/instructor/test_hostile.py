@@ -40,6 +40,9 @@ from _grade_fixtures import (ATTACKS, FULL_MARKS, GOOD, PLANTED, REPO, ZEROS, at
                              tree_digest, write_checkpoint_bomb, write_module, write_notebook, write_notebooks,
                              write_zip_bomb)
 
+# The slow tier (make test-all): batches of hostile submissions in the sandbox.
+pytestmark = pytest.mark.slow
+
 FIRST_UID = 61000  # helper.instructor.grade.FIRST_UID: the batch's sandbox users
 PARTS = list(FULL_MARKS)
 # The --jobs 2 batch: the correct submission first and the attack on other hand-ins second, so that
