@@ -1,12 +1,13 @@
 # Two commands for a fresh machine with Python 3.11:
 #   make demo   trains the three decoders on the built-in data set and writes a report
-#   make test   runs the test suite (grading, beyond the contract, the tool) and validates the notebook
+#   make test   runs the fast tier of the test suite (grading, beyond the contract, the tool) and validates
+#               the notebook; make test-all adds the slow tier (training runs, batches of submissions, ...)
 # Both create the virtual environment .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test test-module notebook mutants solutions bench figures clean gpu-check release
+.PHONY: venv demo test test-all test-module notebook mutants solutions bench figures clean gpu-check release
 
 venv: $(VENV)/.installed
 
@@ -20,6 +21,11 @@ demo: venv
 	$(PY) -m helper.demo
 
 test: venv
+	$(PY) -m pytest -m "not slow" tests
+	$(PY) -m pytest --nbval-current-env --nbval rnn_lstm_captioning.ipynb
+
+# Everything: the fast tier, the slow tier (tests marked slow) and the notebook.
+test-all: venv
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval-current-env --nbval rnn_lstm_captioning.ipynb
 
@@ -68,3 +74,10 @@ release: venv
 .PHONY: grade
 grade: venv
 	$(PY) -m helper.grade $(SUBMISSIONS) --out $(or $(OUT),grades.csv) $(GRADE_OPTIONS)
+
+# The Gradescope autograder package (instructors): a zip to upload as the assignment's autograder, which grades
+# each submission with the batch grader's engine and sandbox. make gradescope [GRADESCOPE=path.zip]
+# [GRADESCOPE_OPTIONS='--grade-options="--notebook-points 0" --other-visibility hidden']
+.PHONY: gradescope
+gradescope: venv
+	$(PY) -m helper.gradescope $(or $(GRADESCOPE),runs/gradescope/autograder.zip) $(GRADESCOPE_OPTIONS)

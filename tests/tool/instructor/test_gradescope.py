@@ -12,7 +12,7 @@ in a check, one that hangs until the package's deadline, and one that tries to
 read the package and write results.json itself. Each results.json is checked
 against Gradescope's specification and for what it says.
 
-The runs need bubblewrap (skipped without it); about 3 minutes on 2 cores.
+The runs need bubblewrap (skipped without it) and are in the slow tier; about 3 minutes on 2 cores.
 """
 import json
 import shutil
@@ -98,20 +98,23 @@ def assert_valid(results: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    """The package built, unpacked as Gradescope's image, and setup.sh's Python part run in it."""
+def package(tmp_path_factory):
+    """The package built (with a model data file of its own) and unpacked as Gradescope's image."""
     root = tmp_path_factory.mktemp("gradescope")
     data = write_tiny_data(root / "tiny.pt", num_val=6)
     package = root / "autograder.zip"
     assert gradescope.main([str(package), "--grade-options", grade_options(data), "--deadline", "300"]) == 0
-    image = root / "image"
-    unpack(package, image)
-    setup = None
-    if not sandbox_problem():
-        setup = in_layout(image, ["bash", "/autograder/source/setup.sh", "python"],
-                          env={"AUTOGRADER_VENV": str(VENV), "PIP_NO_INDEX": "1"}, timeout=300)
-        print(setup.stdout, setup.stderr)
-    return {"root": root, "package": package, "image": image, "data": data, "setup": setup, "runs": {}}
+    unpack(package, root / "image")
+    return {"root": root, "package": package, "image": root / "image", "data": data, "runs": {}}
+
+
+@pytest.fixture(scope="module")
+def image(package):
+    """The package's image after setup.sh's Python part (against this environment, without a package index)."""
+    setup = in_layout(package["image"], ["bash", "/autograder/source/setup.sh", "python"],
+                      env={"AUTOGRADER_VENV": str(VENV), "PIP_NO_INDEX": "1"}, timeout=300)
+    print(setup.stdout, setup.stderr)
+    return {**package, "setup": setup}
 
 
 def hand_in_zip(root: Path, module_text: str) -> bytes:
@@ -214,8 +217,8 @@ def checks_by_function(results: dict) -> dict:
 # The package
 
 
-def test_the_package_has_setup_and_run_autograder_at_its_top_and_no_solution(image):
-    with zipfile.ZipFile(image["package"]) as archive:
+def test_the_package_has_setup_and_run_autograder_at_its_top_and_no_solution(package):
+    with zipfile.ZipFile(package["package"]) as archive:
         infos = {i.filename: i for i in archive.infolist()}
         config = json.loads(archive.read(gradescope.CONFIG))
     for name in ("setup.sh", "run_autograder"):
@@ -225,11 +228,11 @@ def test_the_package_has_setup_and_run_autograder_at_its_top_and_no_solution(ima
     assert not [n for n in infos if n.endswith("rnn_lstm_captioning.py") or n.startswith(("tests/solutions/",
                                                                                            "tests/tool/", "datasets/"))]
     assert not [n for n in infos if n.startswith("tests/beyond/")]  # --no-beyond: not needed
-    assert config["suite"] == regrade.suite_stamp(image["image"] / "source") and config["deadline"] == 300
+    assert config["suite"] == regrade.suite_stamp(package["image"] / "source") and config["deadline"] == 300
     assert "grader-data/tiny.pt" in config["grade_options"]
 
 
-def test_the_package_builds_from_the_files_of_a_fresh_clone(image, tmp_path):
+def test_the_package_builds_from_the_files_of_a_fresh_clone(package, tmp_path):
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
                            capture_output=True, check=True).stdout.decode().split("\0")
     clone = tmp_path / "clone"
@@ -238,10 +241,10 @@ def test_the_package_builds_from_the_files_of_a_fresh_clone(image, tmp_path):
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, clone / name)
     here = tmp_path / "from-here.zip"  # built from this repository at the same time (its tests may be edited)
-    assert gradescope.main([str(here), "--grade-options", grade_options(image["data"])]) == 0
+    assert gradescope.main([str(here), "--grade-options", grade_options(package["data"])]) == 0
     out = tmp_path / "from-clone.zip"
     subprocess.run([str(VENV / "bin" / "python"), "-m", "helper.gradescope", str(out),
-                    "--grade-options", grade_options(image["data"]), "--deadline", "300"], cwd=clone, check=True)
+                    "--grade-options", grade_options(package["data"]), "--deadline", "300"], cwd=clone, check=True)
     assert sorted(zipfile.ZipFile(out).namelist()) == sorted(zipfile.ZipFile(here).namelist())
     config = json.loads(zipfile.ZipFile(out).read(gradescope.CONFIG))
     assert config["suite"]["digest"] == regrade.suite_stamp(clone)["digest"]
@@ -260,6 +263,7 @@ def test_bad_grade_options_are_refused_when_the_package_is_built(tmp_path, capsy
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 def test_setup_s_python_part_checks_the_environment_and_records_the_interpreter(image):
     setup = image["setup"]
     assert setup.returncode == 0, setup.stderr
@@ -269,6 +273,7 @@ def test_setup_s_python_part_checks_the_environment_and_records_the_interpreter(
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 def test_a_correct_hand_in_gets_full_marks_and_its_model_on_the_leaderboard(graded):
     results, stdout = graded("correct")
     assert_valid(results)
@@ -284,6 +289,7 @@ def test_a_correct_hand_in_gets_full_marks_and_its_model_on_the_leaderboard(grad
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 def test_public_checks_are_visible_at_once_and_the_others_after_the_due_date(graded):
     results, _ = graded("correct")
     tests = checks_by_function(results)
@@ -295,6 +301,7 @@ def test_public_checks_are_visible_at_once_and_the_others_after_the_due_date(gra
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 def test_the_zeros_module_scores_nothing(graded):
     results, _ = graded("zeros")
     assert_valid(results)
@@ -304,6 +311,7 @@ def test_the_zeros_module_scores_nothing(graded):
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 @pytest.mark.parametrize("name, why", [("broken_zip", "is not a folder, a .py file or a zip"),
                                        ("no_module", "no rnn_lstm_captioning.py in the submission")])
 def test_a_broken_or_missing_hand_in_gets_a_valid_result_that_says_what_happened(graded, name, why):
@@ -314,6 +322,7 @@ def test_a_broken_or_missing_hand_in_gets_a_valid_result_that_says_what_happened
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 def test_a_check_that_hangs_costs_that_check_and_the_others_keep_their_points(graded):
     results, _ = graded("hangs_in_a_check")
     assert_valid(results)
@@ -325,6 +334,7 @@ def test_a_check_that_hangs_costs_that_check_and_the_others_keep_their_points(gr
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 def test_a_grading_stopped_at_the_deadline_keeps_the_points_of_the_finished_checks(graded):
     results, _ = graded("hangs_until_the_deadline")
     assert_valid(results)
@@ -336,6 +346,7 @@ def test_a_grading_stopped_at_the_deadline_keeps_the_points_of_the_finished_chec
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 def test_the_submission_can_neither_write_results_json_nor_read_the_package(graded):
     results, _ = graded("reads_the_package_and_writes_results")
     assert_valid(results)
@@ -350,6 +361,7 @@ def test_the_submission_can_neither_write_results_json_nor_read_the_package(grad
 
 
 @needs_bwrap
+@pytest.mark.slow  # runs setup.sh or run_autograder in Gradescope's layout
 def test_a_grader_that_cannot_start_still_leaves_a_valid_result(image, tmp_path):
     autograder = tmp_path / "autograder"
     shutil.copytree(image["image"], autograder, symlinks=True)

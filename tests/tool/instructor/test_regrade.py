@@ -9,7 +9,7 @@ unpacked, with tests/_references.py changed), the instructor adds an
 adjustment and a column of their own to that CSV, and the batch is graded
 again by this repository into the same CSV. The report must name exactly the
 students and checks that changed, the suite file that changed, and keep
-the instructor's columns. About 1.5 minutes on 2 cores; the rest is quick.
+the instructor's columns. About 1 minute on 2 cores (the slow tier); the rest is quick.
 """
 import csv
 import json
@@ -82,6 +82,7 @@ def regraded(tmp_path_factory):
             "text": out.with_name("grades-regrade.txt").read_text()}
 
 
+@pytest.mark.slow  # two gradings of a batch
 def test_the_old_grading_had_the_wrong_check(regraded):
     for name in ("good", "half"):
         scores = {t["name"]: t["score"] for t in regraded["old_results"][name]["tests"]}
@@ -89,6 +90,7 @@ def test_the_old_grading_had_the_wrong_check(regraded):
     assert regraded["old_rows"]["good"]["total"] == "20.00"
 
 
+@pytest.mark.slow  # two gradings of a batch
 def test_a_regrade_reports_exactly_the_students_and_checks_that_changed(regraded):
     report = regraded["report"]
     assert sorted(report) == ["good", "half"]  # zeros failed the loss checks before and after
@@ -100,6 +102,7 @@ def test_a_regrade_reports_exactly_the_students_and_checks_that_changed(regraded
         assert row["checks"].count("0 -> 5 (now passed (was: ") == 2, row["checks"]
 
 
+@pytest.mark.slow  # two gradings of a batch
 def test_the_regrade_names_the_suite_file_that_changed_and_stamps_both_suites(regraded):
     text, row = regraded["text"], regraded["report"]["good"]
     changed = text.split("Suite files changed since the earlier grading: ", 1)[1].splitlines()[0].split(", ")
@@ -111,6 +114,7 @@ def test_the_regrade_names_the_suite_file_that_changed_and_stamps_both_suites(re
     assert regraded["new"].results("good")["extra_data"]["suite_digest"] == row["new_suite"]
 
 
+@pytest.mark.slow  # two gradings of a batch
 def test_the_regrade_keeps_the_instructors_columns_and_the_lms_export_adds_the_adjustment(regraded):
     rows = read_rows(regraded["out"])
     assert (rows["zeros"]["adjustment"], rows["good"]["comment"], rows["half"]["comment"]) == ("2", "late hand-in", "")
