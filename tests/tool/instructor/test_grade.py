@@ -13,7 +13,11 @@ test_hostile.py. About 3 minutes on 2 cores, most of it the broken batch (its mo
 hangs at import waits out the call timeout at each of its four checks).
 """
 import contextlib
+import json
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -27,8 +31,8 @@ from helper.instructor.grade_report import csv_columns
 from helper.instructor.notebook_cells import cell_markers
 
 from _cli_data import tiny_checkpoint, write_tiny_data
-from _grade_fixtures import (BROKEN_AT_IMPORT, BROKEN_IN_ONE_CHECK, CALL_TIMEOUT, FULL_MARKS, GOOD, batch_options,
-                             broken_module, grade_batch, write_module, write_notebooks)
+from _grade_fixtures import (BROKEN_AT_IMPORT, BROKEN_IN_ONE_CHECK, CALL_TIMEOUT, FULL_MARKS, GOOD, REPO, SELECT,
+                             batch_options, broken_module, grade_batch, write_module, write_notebooks)
 
 # The slow tier (make test-all): batches of submissions, each graded by the judge and its worker.
 pytestmark = pytest.mark.slow
@@ -131,6 +135,21 @@ def test_a_check_that_fails_inside_its_worker_costs_that_check_only(broken, name
     assert tests[F32]["score"] == 0 and why in tests[F32]["output"], tests[F32]
     assert tests[F64]["score"] == tests[F64]["max_score"] == FULL_MARKS["rnn"] / 2
     assert broken.points(name) == FULL - FULL_MARKS["rnn"] / 2
+
+
+@pytest.mark.parametrize("name", ["good", "returns_an_object_that_equals_anything_in_one_check"])
+def test_pytest_with_impl_and_the_batch_grader_give_the_same_points_from_one_engine(broken, name, tmp_path):
+    # The batch grader runs the judge (pytest on tests/grading) on the hand-in: the same checks, the same points.
+    module = broken.csv.parent.parent / "subs" / name / "rnn_lstm_captioning.py"
+    grade_file = tmp_path / "grade.json"
+    command = [sys.executable, "-m", "pytest", "tests/grading", f"--impl={module}", f"--grade-json={grade_file}",
+               "-k", SELECT, "-q", "-p", "no:xdist", "--check-timeout", str(CALL_TIMEOUT)]
+    subprocess.run(command, cwd=REPO, env={**os.environ, "CAPTIONING_IMPL": ""}, capture_output=True, timeout=600)
+    by_pytest = json.loads(grade_file.read_text())
+    by_grader = {t["name"].split("::")[-1]: t["score"] for t in broken.results(name)["tests"]
+                 if not t["name"].startswith("[")}
+    assert {t["nodeid"].split("::")[-1]: round(t["earned"], 4) for t in by_pytest["tests"]} == by_grader
+    assert by_pytest["total"] == pytest.approx(broken.points(name))
 
 
 def test_megabytes_of_output_never_reach_the_reports(broken):
