@@ -71,9 +71,11 @@ def in_layout(autograder: Path, command: list, env: dict = None, timeout: float 
             args += ["--symlink", str(path.readlink()), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
+    # The tmpfs first: the Python installation and the venv may lie under /tmp (a clone there, as CI's may be).
+    args += ["--tmpfs", "/tmp"]
     for path in python_paths():
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(autograder), "/autograder",
+    args += ["--proc", "/proc", "--dev", "/dev", "--bind", str(autograder), "/autograder",
              "--unshare-pid", "--die-with-parent", "--chdir", "/autograder", "--clearenv"]
     for key, value in {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                        "LANG": "C.UTF-8", **(env or {})}.items():
