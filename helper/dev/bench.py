@@ -124,6 +124,25 @@ def bench_recurrent(N: int = 256, T: int = 16, D: int = 256, H: int = 512, repea
         )
     )
 
+    # The standard assignment's LSTM.forward: one step_forward call per time
+    # step, the input product included, where ours does it once for all steps.
+    def step_by_step():
+        prev_h, prev_c = h0, torch.zeros_like(h0)
+        hs = []
+        for t in range(T):
+            prev_h, prev_c = ours.step_forward(x[:, t], prev_h, prev_c)
+            hs.append(prev_h)
+        return torch.stack(hs, dim=1)
+
+    results.append(
+        _compare(
+            "LSTM forward+backward (vs a forward of step_forward calls)",
+            forward_backward(lambda: ours(x, h0), list(ours.parameters()) + [x, h0]),
+            forward_backward(step_by_step, list(ours.parameters()) + [x, h0]),
+            repeats,
+        )
+    )
+
     # On the CPU torch.nn.LSTM runs oneDNN's fused LSTM kernel; with oneDNN
     # off it runs PyTorch's own implementation, a loop of ATen operations.
     def native_lstm():

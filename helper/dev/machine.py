@@ -1,4 +1,5 @@
 """One line naming the machine a figure was measured on: CPU, its vector instructions, threads, GPU, torch."""
+import os
 import platform
 
 import torch
@@ -38,5 +39,22 @@ def machine_description() -> str:
     precision = autocast_dtype(torch.device("cpu"))
     ours = f"{str(precision).removeprefix('torch.')} autocast" if precision is not None else "no bfloat16 kernels: float32"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu} ({cpu_instructions()}; ours on CPU: {ours}), {torch.get_num_threads()} threads, {device}, "
-            f"torch {torch.__version__}")
+    return (f"{cpu} ({cpu_instructions()}{kernel_limits()}; ours on CPU: {ours}), {torch.get_num_threads()} threads, "
+            f"{device}, torch {torch.__version__}")
+
+
+def kernel_limits() -> str:
+    """
+    The instruction sets PyTorch and oneDNN were limited to, when they were
+    (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 runs an AVX-512 machine
+    with the kernels of an AVX2-only one, as most laptops have).
+
+    Returns:
+    - e.g. ", kernels limited to AVX2 (oneDNN AVX2)", or "" when not limited
+    """
+    limits = []
+    if os.environ.get("ATEN_CPU_CAPABILITY"):
+        limits.append(torch.backends.cpu.get_cpu_capability())
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        limits.append(f"oneDNN {os.environ['ONEDNN_MAX_CPU_ISA']}")
+    return f", kernels limited to {' and '.join(limits)}" if limits else ""

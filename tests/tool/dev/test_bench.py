@@ -47,3 +47,19 @@ def test_instruction_names_follow_the_cpu_checks(monkeypatch):
     assert machine.cpu_instructions() == "AVX-512 with bfloat16 and AMX"
     monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: False)
     assert machine.cpu_instructions() == "AVX2"
+
+
+def test_machine_line_says_when_the_kernels_are_limited_to_another_instruction_set(monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert "limited" not in machine.machine_description()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "kernels limited to oneDNN AVX2" in machine.machine_description()
+
+
+def test_recurrent_benchmark_compares_the_lstm_with_a_forward_of_step_calls_and_with_torch():
+    rows = bench.bench_recurrent(N=2, T=3, D=4, H=5, repeats=1)
+    names = [row["name"] for row in rows]
+    assert "LSTM forward+backward (vs a forward of step_forward calls)" in names
+    assert "LSTM forward+backward (vs nn.LSTM without oneDNN)" in names
+    assert all(row["ours_ms"] > 0 and row["torch_ms"] > 0 for row in rows)
