@@ -4,8 +4,9 @@ solution gets full marks, and swapped in place it keeps `make test` green.
 
     .venv/bin/python tests/solutions/check.py [--only typical ...] [--no-swap]
 
-For each solution in tests/solutions/ that is correct (all but
-self_grading, which must score nothing):
+For each correct solution in tests/solutions/ (CORRECT below; zeros and
+self_grading are fixtures of the grading's floor, checked by
+tests/tool/instructor/):
 1. `pytest tests/grading --impl SOLUTION` must give full marks;
 2. in a copy of the repository with the solution in place of
    rnn_lstm_captioning.py, `make test` (the suite and the notebook) must pass.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOLUTIONS = Path(__file__).resolve().parent
-CORRECT = ("typical", "loops")
+CORRECT = ("typical", "loops", "reordered")
 MODULE = "rnn_lstm_captioning.py"
 
 

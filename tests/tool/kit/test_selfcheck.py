@@ -13,9 +13,12 @@ import pytest
 from _kit import MODULE, REPO_ROOT, copy_kit, make_kit, reference_source
 from helper.kit import rubric
 from helper.instructor.release import solution_blocks
+from helper.common.utils import import_file
 from helper.kit.selfcheck import format_report, part_status, selfcheck
 
 SOLUTIONS = REPO_ROOT / "tests" / "solutions"
+# The independent correct solutions, as `make solutions` (tests/solutions/check.py) lists them.
+CORRECT_SOLUTIONS = import_file(SOLUTIONS / "check.py", "solutions_check", register=False).CORRECT
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def test_the_reference_copied_into_the_kit_gets_every_point(tmp_path, kit):
 
 
 @pytest.mark.slow  # runs the self-check: every part, in workers
-@pytest.mark.parametrize("solution", ["typical", "loops"])
+@pytest.mark.parametrize("solution", CORRECT_SOLUTIONS)
 def test_independent_correct_solutions_pass_the_public_checks(solution):
     results = selfcheck(SOLUTIONS / solution / MODULE)
     failing = [(p["key"], c) for p in results for c in p["checks"] if c["status"] != "pass"]
