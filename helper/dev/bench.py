@@ -127,12 +127,12 @@ def bench_recurrent(N: int = 256, T: int = 16, D: int = 256, H: int = 512, repea
     # The standard assignment's LSTM.forward: one step_forward call per time
     # step, the input product included, where ours does it once for all steps.
     def step_by_step():
-        prev_h, prev_c = h0, torch.zeros_like(h0)
-        hs = []
+        h, c = h0, torch.zeros_like(h0)
+        states = []
         for t in range(T):
-            prev_h, prev_c = ours.step_forward(x[:, t], prev_h, prev_c)
-            hs.append(prev_h)
-        return torch.stack(hs, dim=1)
+            h, c = ours.step_forward(x[:, t], h, c)
+            states.append(h)
+        return torch.stack(states, dim=1)
 
     results.append(
         _compare(
