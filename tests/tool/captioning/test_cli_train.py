@@ -62,12 +62,17 @@ def _weights(path):
 
 @pytest.mark.slow  # trains
 @pytest.mark.parametrize("encoder", ["--no-freeze-encoder", "--freeze-encoder"])
-def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_path, monkeypatch, capsys, encoder):
+def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_path, monkeypatch, capsys, request,
+                                                          encoder):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run = ["--cell", "lstm", "--epochs", "2", "--train-images", "8", "--batch-size", "4", encoder]
     assert train_cli.main(args(data_path, reference, *run)) == 0
 
     # Ctrl-C during the third of four steps (epoch 2, step 1): the step finishes, last.pt is saved mid-epoch.
+    # A shell starts background jobs with SIGINT ignored, and the trainer then leaves it ignored, as it should;
+    # this test is about Ctrl-C in a terminal, so it gives SIGINT Python's default handler whatever started pytest.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     real_step, calls = helper.captioning.training.train_step, []
 
     def step_then_ctrl_c(*a, **k):
