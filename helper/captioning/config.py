@@ -66,6 +66,10 @@ class RunConfig:
     - eval_batch_size: images captioned at once; samples: images in samples.png
     - feature_cache: file of the frozen encoder's features (None: none)
     - progress: show a progress bar
+    - threads: CPU threads (torch.set_num_threads); a new run records the
+      process's number, a resumed run keeps the recorded one unless given,
+      so that it goes on exactly as it would have (see
+      helper.common.utils.reproducible; None: the process's number)
     """
 
     cell: str = _defines_run()
@@ -88,6 +92,7 @@ class RunConfig:
     samples: int = 6
     feature_cache: Optional[str] = None
     progress: bool = True
+    threads: Optional[int] = None
 
     @classmethod
     def defining(cls) -> Tuple[str, ...]:
@@ -109,7 +114,7 @@ class RunConfig:
         given = _given(args)
         if "cell" not in given:
             raise ValueError(f"--cell is required for a new run: one of {', '.join(CELLS)}")
-        return cls(**{**DEVICE_DEFAULTS.get(device.type, _CPU), **given})
+        return cls(**{**DEVICE_DEFAULTS.get(device.type, _CPU), "threads": torch.get_num_threads(), **given})
 
     @classmethod
     def resumed(cls, saved: dict, args: argparse.Namespace) -> "RunConfig":
@@ -256,6 +261,10 @@ def _other_options(p: argparse.ArgumentParser) -> None:
     hardware = p.add_argument_group("hardware")
     hardware.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     hardware.add_argument("--no-fast", dest="fast", action="store_false", default=None, help="plain float32 loop")
+    hardware.add_argument(
+        "--threads", type=count, metavar="N",
+        help="CPU threads (this process's number: torch.get_num_threads); a resumed run keeps its own",
+    )
     hardware.add_argument(
         "--sync-bn", action="store_true", default=None, help="distributed on CUDA: synchronise batch-norm statistics"
     )

@@ -16,8 +16,12 @@ and writes to the output folder:
   captions, and for "attn" the attention map behind every word.
 
 Runs are deterministic from --seed: an epoch's order is drawn from (seed,
-epoch) alone, so a resumed run (`--resume`, also after Ctrl-C or kill, from
-the last checkpoint, even mid-epoch) continues exactly as if never stopped.
+epoch) alone, and training runs under helper.common.utils.reproducible
+(deterministic kernels, the run's number of --threads, recorded in its
+checkpoints), so two runs of one seed give the same weights and metrics on
+a busy machine or an idle one, and a resumed run (`--resume`, also after
+Ctrl-C or kill, from the last checkpoint, even mid-epoch) continues exactly
+as if never stopped.
 The first Ctrl-C (or SIGTERM) finishes the current step, saves last.pt and
 exits; a second Ctrl-C stops at once (last.pt then holds the previous
 epoch; checkpoints are written atomically, so it is always loadable).
@@ -66,6 +70,7 @@ from helper.captioning.run_state import RunState
 from helper.captioning.splits import split_arrays, unique_rows
 from helper.captioning.training import epoch_order, train_epoch
 from helper.common.cli import run_command
+from helper.common.utils import reproducible
 from helper.data.datasets import load_dataset
 
 
@@ -108,7 +113,8 @@ def train_from_args(args: argparse.Namespace, data: Optional[dict] = None) -> di
             clear_output_dir(args.out, resuming=checkpoint is not None)
         if data is None:
             data = load_dataset(config.data)
-        return start_run(config, args.out, processes, data, checkpoint, started).run()
+        with reproducible(processes.device, config.threads):
+            return start_run(config, args.out, processes, data, checkpoint, started).run()
     finally:
         stop_processes(processes)
 

@@ -10,7 +10,9 @@ hardware at hand:
 - on CUDA, automatic mixed precision, channels_last, cuDNN autotuning, the
   fused AdamW update and the whole data set held on the device.
 Autocast lives here, in the loop; the model itself always computes in the
-dtype of its parameters. `fast=False` gives the plain float32 loop.
+dtype of its parameters. `fast=False` gives the plain float32 loop. Either
+loop runs under helper.common.utils.reproducible (deterministic kernels, a
+fixed number of threads): one seed gives the same run, busy CPU or idle.
 
 The pieces are shared with the command-line trainer (helper/captioning/run.py):
 - `setup_training` puts a model on its device with its optimiser, schedule
@@ -30,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from helper.common.utils import reproducible
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
@@ -333,6 +337,7 @@ def train_captioner(
     shuffle: bool = True,
     progress: bool = True,
     epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
+    threads: Optional[int] = None,
 ) -> Tuple[nn.Module, List[float]]:
     """
     Train a captioning model with AdamW.
@@ -351,6 +356,9 @@ def train_captioner(
     - shuffle: visit the examples in a new random order every epoch
     - progress: show a progress bar (images, images/s, time left, loss)
     - epoch_callback: called as epoch_callback(epoch, model) after every epoch
+    - threads: CPU threads to train with (None: the process's current
+      number); one seed and one number of threads give the same run every
+      time, busy machine or idle (see helper.common.utils.reproducible)
 
     Returns a tuple of:
     - model: the trained model
@@ -371,16 +379,16 @@ def train_captioner(
     num_train = image_data.shape[0]
     loss_history = []
     bar = tqdm(total=num_epochs * num_train, unit="img", unit_scale=True, disable=not progress, desc="training")
-    for epoch in range(num_epochs):
-        bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-        order = epoch_order(num_train, shuffle)
-        losses, _ = train_epoch(
-            model, setup.optimizer, image_data, caption_data, batch_size, device,
-            order=order, amp_dtype=setup.amp_dtype, scaler=setup.scaler, channels_last=fast, bar=bar,
-        )
-        loss_history.extend(losses)
-        setup.scheduler.step()
-        if epoch_callback is not None:
-            epoch_callback(epoch, model)
-    bar.close()
+    with reproducible(device, threads), bar:
+        for epoch in range(num_epochs):
+            bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
+            order = epoch_order(num_train, shuffle)
+            losses, _ = train_epoch(
+                model, setup.optimizer, image_data, caption_data, batch_size, device,
+                order=order, amp_dtype=setup.amp_dtype, scaler=setup.scaler, channels_last=fast, bar=bar,
+            )
+            loss_history.extend(losses)
+            setup.scheduler.step()
+            if epoch_callback is not None:
+                epoch_callback(epoch, model)
     return model, loss_history

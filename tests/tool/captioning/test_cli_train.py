@@ -332,6 +332,10 @@ def test_resumed_configuration_takes_the_saved_one_and_refuses_changes_to_what_d
     older = {k: v for k, v in saved.items() if k != "samples"}  # a run from before an option existed
     resumed = RunConfig.resumed(older, parse(["--out", str(tmp_path), "--resume"]))
     assert resumed.samples == RunConfig(cell="rnn").samples
+    # The threads are part of the run's numbers: a new run records the process's, a resumed run keeps them.
+    assert new.threads == torch.get_num_threads()
+    other = RunConfig.resumed({**saved, "threads": new.threads + 1}, parse(["--out", str(tmp_path), "--resume"]))
+    assert other.threads == new.threads + 1
     with pytest.raises(ValueError, match="--resume cannot change what defines the run .*lr_decay"):
         RunConfig.resumed(saved, parse(["--out", str(tmp_path), "--resume", "--lr-decay", "0.5"]))
     with pytest.raises(ValueError, match="--cell is required"):
