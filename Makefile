@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test test-all test-module notebook mutants solutions bench figures clean gpu-check release
+.PHONY: venv demo test test-all test-module notebook mutants solutions compat bench figures clean gpu-check release
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ mutants: venv
 solutions: venv
 	$(PY) tests/solutions/check.py
 
+# Colab's torch, not our pins: the grading tests (full marks) and the notebook with the oldest torch a student can pin
+# on Colab and the newest on the package registry (PAIRINGS in tests/compat.py), each in a venv of its own under
+# .venv-compat/ (built once, reused while its requirements are the same).
+compat: venv
+	$(PY) tests/compat.py
+
 bench: venv
 	$(PY) -m helper.bench recurrent
 	$(PY) -m helper.bench training
@@ -61,7 +67,7 @@ figures: venv
 	$(PY) -m helper.figures --out assets
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-compat runs
 
 # The student kit (instructors): the module with its solutions replaced by hints, the notebook, helper/
 # without the grader, the self-check and the hand-in command. make release KIT=path (default runs/student-kit;

@@ -181,7 +181,8 @@ def copy_repo_to_drive(repo: Path, drive_folder: Path) -> Path:
     files without what a fresh clone lacks (virtual environment, data, runs)
     and without the tests.
     """
-    ignore = shutil.ignore_patterns(".git", ".venv", "datasets", "runs", "tests", "__pycache__", ".pytest_cache", "*.pyc")
+    # .venv*: .venv, and make compat's .venv-compat (gigabytes)
+    ignore = shutil.ignore_patterns(".git", ".venv*", "datasets", "runs", "tests", "__pycache__", ".pytest_cache", "*.pyc")
     shutil.copytree(repo, drive_folder, ignore=ignore)
     return drive_folder
 
