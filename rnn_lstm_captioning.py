@@ -468,7 +468,7 @@ class LSTM(nn.Module):
         # HINT: 1. Start from h0 and a cell state of zeros of the same shape (torch.zeros_like).
         # HINT: 2. At every step t, run one step on x[:, t] (as in step_forward) and keep the new hidden state.
         # HINT: 3. hn: the hidden states stacked along dim 1, (N, T, H).
-        # HINT:    (Faster: the x part of the pre-activations of all steps is one product before the loop.)
+        # HINT:    (The x part of the pre-activations of all steps can also be one product before the loop.)
         # The input part of the pre-activations does not depend on the
         # recurrence: one matrix product covers all T steps.
         x_proj = x @ self.Wx + self.b  # (N, T, 4H)
