@@ -60,19 +60,28 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.fixture
+def terminal_ctrl_c():
+    """
+    SIGINT as a terminal's Ctrl-C finds it: Python's default handler. A shell
+    starts background jobs with SIGINT ignored, and the trainer then leaves it
+    ignored, as it should (tested below); the Ctrl-C tests must hold whatever
+    started pytest.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow  # trains
 @pytest.mark.parametrize("encoder", ["--no-freeze-encoder", "--freeze-encoder"])
-def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_path, monkeypatch, capsys, request,
+def test_interrupted_run_resumes_exactly_where_it_stopped(impl, data_path, tmp_path, monkeypatch, capsys, terminal_ctrl_c,
                                                           encoder):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run = ["--cell", "lstm", "--epochs", "2", "--train-images", "8", "--batch-size", "4", encoder]
     assert train_cli.main(args(data_path, reference, *run)) == 0
 
     # Ctrl-C during the third of four steps (epoch 2, step 1): the step finishes, last.pt is saved mid-epoch.
-    # A shell starts background jobs with SIGINT ignored, and the trainer then leaves it ignored, as it should;
-    # this test is about Ctrl-C in a terminal, so it gives SIGINT Python's default handler whatever started pytest.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     real_step, calls = helper.captioning.training.train_step, []
 
     def step_then_ctrl_c(*a, **k):
@@ -125,7 +134,7 @@ def test_resuming_a_finished_run_stopped_before_its_final_outputs_writes_them(at
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
-def test_first_ctrl_c_asks_to_stop_the_second_stops_at_once_and_the_handlers_come_back():
+def test_first_ctrl_c_asks_to_stop_the_second_stops_at_once_and_the_handlers_come_back(terminal_ctrl_c):
     before = {sig: signal.getsignal(sig) for sig in GracefulStop.SIGNALS}
     with GracefulStop() as stop:
         signal.raise_signal(signal.SIGINT)
