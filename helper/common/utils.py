@@ -59,12 +59,10 @@ def reproducible(device: torch.device, threads: Optional[int] = None) -> Iterato
     Yields:
     - the number of threads in use; the previous settings come back on exit
     """
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.utils.deterministic.fill_uninitialized_memory,
-        torch.get_num_threads(),
-    )
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
+    previous_threads = torch.get_num_threads()
     if torch.device(device).type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = False
@@ -73,9 +71,9 @@ def reproducible(device: torch.device, threads: Optional[int] = None) -> Iterato
     try:
         yield torch.get_num_threads()
     finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
-        torch.set_num_threads(previous[3])
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling
+        torch.set_num_threads(previous_threads)
 
 
 def pick_device(name: str = "auto") -> torch.device:

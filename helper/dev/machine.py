@@ -45,16 +45,19 @@ def machine_description() -> str:
 
 def kernel_limits() -> str:
     """
-    The instruction sets PyTorch and oneDNN were limited to, when they were
-    (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 runs an AVX-512 machine
-    with the kernels of an AVX2-only one, as most laptops have).
+    The instruction sets PyTorch, oneDNN and MKL were limited to, when they
+    were (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+    MKL_ENABLE_INSTRUCTIONS=AVX2 runs an AVX-512 machine with the kernels of
+    an AVX2-only one, as most laptops have).
 
     Returns:
-    - e.g. ", kernels limited to AVX2 (oneDNN AVX2)", or "" when not limited
+    - e.g. ", kernels limited to AVX2 and oneDNN AVX2 and MKL AVX2", or ""
+      when not limited
     """
     limits = []
     if os.environ.get("ATEN_CPU_CAPABILITY"):
         limits.append(torch.backends.cpu.get_cpu_capability())
-    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
-        limits.append(f"oneDNN {os.environ['ONEDNN_MAX_CPU_ISA']}")
+    for variable, library in (("ONEDNN_MAX_CPU_ISA", "oneDNN"), ("MKL_ENABLE_INSTRUCTIONS", "MKL")):
+        if os.environ.get(variable):
+            limits.append(f"{library} {os.environ[variable]}")
     return f", kernels limited to {' and '.join(limits)}" if limits else ""

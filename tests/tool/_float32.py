@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from helper.captioning.decoding import initial_state
 from helper.captioning.parts import model_parts
 
 EPS32 = torch.finfo(torch.float32).eps  # 2**-23: the spacing of float32 numbers near 1
@@ -34,7 +35,7 @@ def float32_sum_error(terms: int, sum_abs: float) -> float:
     return 2 * terms * EPS32 * sum_abs
 
 
-def attention_rtol(state) -> list:
+def attention_rtol(model, images) -> list:
     """
     Relative tolerance of each image's attention weights (any step).
 
@@ -49,12 +50,13 @@ def attention_rtol(state) -> list:
     relative tolerance of a few per cent.
 
     Inputs:
-    - state: a DecoderState (helper.captioning.decoding.initial_state) with h (N, H) and
-      A (N, H, Da, Da)
+    - model: a CaptioningRNN with attention (its parts are found by model_parts)
+    - images: the (N, 3, H, W) images it captions
 
     Returns:
     - N floats, the relative tolerance of image n's weights
     """
+    state = initial_state(model_parts(model), images)  # h (N, H), A (N, H, Da, Da)
     H = state.A.shape[1]
     largest_location = state.A.flatten(2).abs().sum(dim=1).amax(dim=1)  # (N,): max_l ||A_l||_1
     largest_h = state.h.abs().amax(dim=1).clamp(min=1.0)  # (N,)

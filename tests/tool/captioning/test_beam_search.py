@@ -188,7 +188,7 @@ def test_beam_size_one_equals_greedy_sample_up_to_end_then_pads(real_models, cel
     captions, attn = output if cell == "attn" else (output, None)
 
     if cell == "attn":
-        rtols = attention_rtol(initial_state(model_parts(model), images))
+        rtols = attention_rtol(model, images)
     positions = end_positions(sampled)
     assert len(set(positions)) >= 2, f"the test model should end captions at varied steps; got {positions}"
     assert captions.dtype == torch.int64 and captions.shape == (NUM_IMAGES, MAX_LENGTH)
@@ -358,7 +358,7 @@ def test_evaluate_captions_with_a_beam_captions_each_image_by_beam_search(models
     assert result["image_ids"] == [0, 10, 20]
     assert torch.equal(result["captions"], expected)
     # Batches of 2 there, of 3 here: the same numbers in other kernels.
-    rtols = attention_rtol(initial_state(model_parts(model), images))
+    rtols = attention_rtol(model, images)
     for n, rtol in enumerate(rtols):
         torch.testing.assert_close(result["attn_weights"][n], expected_attn[n], rtol=rtol, atol=TINY32)
     assert set(result["metrics"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider"}

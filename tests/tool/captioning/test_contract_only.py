@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from _float32 import TINY32, attention_rtol
-from helper.captioning.decoding import beam_search, generate_captions, initial_state, sequence_log_prob
-from helper.captioning.parts import model_parts
+from helper.captioning.decoding import beam_search, generate_captions, sequence_log_prob
 from helper.captioning.training import make_optimizer, train_step
 from helper.common.utils import import_file
 
@@ -55,7 +54,7 @@ def test_one_image_is_captioned_greedily_and_with_beam_search(attn_model):
     assert torch.equal(one, both[:1]) and torch.equal(beam_one, both[:1])
     assert one_attn.shape == beam_attn.shape == (1, 5, 4, 4)
     # A batch of one is computed doubled, a batch of two as it is: float32 sums in other kernels.
-    (rtol,) = attention_rtol(initial_state(model_parts(attn_model), pair[:1]))
+    (rtol,) = attention_rtol(attn_model, pair[:1])
     torch.testing.assert_close(one_attn, both_attn[:1], rtol=rtol, atol=TINY32)
     torch.testing.assert_close(beam_attn, both_attn[:1], rtol=rtol, atol=TINY32)
     log_prob = sequence_log_prob(attn_model, pair[:1], one)

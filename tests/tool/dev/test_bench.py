@@ -52,6 +52,7 @@ def test_instruction_names_follow_the_cpu_checks(monkeypatch):
 def test_machine_line_says_when_the_kernels_are_limited_to_another_instruction_set(monkeypatch):
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
     assert "limited" not in machine.machine_description()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert "kernels limited to oneDNN AVX2" in machine.machine_description()
