@@ -67,6 +67,7 @@ from helper.captioning.outputs import RunReport, check_output_dir, clear_output_
 from helper.captioning.processes import GracefulStop, Processes, start_processes, stop_processes
 from helper.captioning.run_model import RunModel
 from helper.captioning.run_state import RunState
+from helper.captioning.shapes_encoder import PretrainConfig, pretrained_shapes_encoder
 from helper.captioning.splits import split_arrays, unique_rows
 from helper.captioning.training import epoch_order, train_epoch
 from helper.common.cli import run_command
@@ -170,7 +171,8 @@ def start_run(
     if checkpoint is not None and checkpoint["vocab"]["idx_to_token"] != data["vocab"]["idx_to_token"]:
         raise ValueError(f"the data {config.data} has another vocabulary than the run in {out}")
     run_data = RunData.select(data, config)
-    model = RunModel.create(config, run_data.vocab, processes, checkpoint, [run_data.train, run_data.val])
+    trunk = shapes_trunk(data, config, processes) if config.encoder == "shapes" and checkpoint is None else None
+    model = RunModel.create(config, run_data.vocab, processes, checkpoint, [run_data.train, run_data.val], trunk)
     state = RunState.from_checkpoint(checkpoint) if checkpoint is not None else RunState()
     if checkpoint is not None:
         set_rng_state(checkpoint["rng"])
@@ -184,6 +186,23 @@ def start_run(
         run_data.train.update({key: run_data.train[key].to(device) for key in ("images", "captions")})
     report = RunReport(out, config, run_data.vocab, model, state, processes, started)
     return TrainingRun(config, out, processes, run_data, model, state, report, started)
+
+
+def shapes_trunk(data: dict, config: RunConfig, processes: Processes) -> Dict[str, torch.Tensor]:
+    """
+    The encoder pretrained on the data's training images (see
+    helper.captioning.shapes_encoder): rank 0 pretrains it or reads it from
+    the cache, the other ranks read what it cached.
+    """
+    if not processes.is_main:
+        processes.barrier()  # until rank 0 has cached it
+    pretrained = pretrained_shapes_encoder(
+        data, PretrainConfig(images=config.pretrain_images), device=processes.device,
+        progress=config.progress and processes.is_main,
+    )
+    if processes.is_main:
+        processes.barrier()
+    return pretrained["trunk"]
 
 
 @dataclass
@@ -306,12 +325,20 @@ def _finished_line(out: Path, epochs_done: int) -> str:
     return f"the run in {out} has done {epochs_done} epochs; pass --epochs N to train longer"
 
 
+ENCODER_WORDS = {
+    "random": "encoder of random weights",
+    "shapes": "encoder pretrained on shapes",
+    "imagenet": "encoder pretrained on ImageNet",
+}
+
+
 def _plan(run: TrainingRun) -> str:
     """The line that says what a session of a run trains."""
     config, processes = run.config, run.processes
     return (
         f"training {config.cell} on {config.data} ({len(run.captions)} training rows, "
-        f"{len(unique_rows(run.data.val['image_ids'])[0])} validation images) on {processes.device}"
+        f"{len(unique_rows(run.data.val['image_ids'])[0])} validation images), {ENCODER_WORDS[config.encoder]}, "
+        f"on {processes.device}"
         f"{f' x{processes.world_size} processes' if processes.distributed else ''}, "
         f"{run.model.setup.amp_dtype or torch.float32}, epochs {run.state.epoch + 1}..{config.epochs}, "
         f"{config.batch_size} images per step -> {run.out}"

@@ -15,6 +15,7 @@ from helper.captioning.config import RunConfig
 from helper.captioning.frozen_encoder import FrozenEncoder
 from helper.captioning.parts import model_parts, unwrap_model
 from helper.captioning.processes import Processes
+from helper.captioning.shapes_encoder import load_trunk
 from helper.captioning.training import TrainingSetup, setup_training
 from helper.common.utils import reset_seed
 
@@ -42,6 +43,7 @@ class RunModel:
         processes: Processes,
         checkpoint: Optional[dict],
         splits: Sequence[Dict[str, torch.Tensor]],
+        trunk: Optional[Dict[str, torch.Tensor]] = None,
     ) -> "RunModel":
         """
         Inputs:
@@ -52,15 +54,19 @@ class RunModel:
           optimiser state), or None for a new model drawn from config.seed
         - splits: the training and validation splits, whose images the
           frozen encoder encodes (see FrozenEncoder.install)
+        - trunk: weights for a new model's encoder (from
+          helper.captioning.shapes_encoder), or None
 
         Returns:
         - the RunModel (random states are left to the caller to restore)
         """
         reset_seed(config.seed)
-        pretrained = config.pretrained and checkpoint is None  # a checkpoint has the weights
-        model = new_model(config.model_config(), vocab["token_to_idx"], pretrained=pretrained)
+        imagenet = config.encoder == "imagenet" and checkpoint is None  # a checkpoint has the weights
+        model = new_model(config.model_config(), vocab["token_to_idx"], pretrained=imagenet)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
+        elif trunk is not None:
+            load_trunk(model_parts(model).encoder, trunk)
         if config.sync_bn and processes.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if config.freeze_encoder:

@@ -325,7 +325,8 @@ def test_defaults_freeze_the_encoder_on_cpu_and_train_it_on_cuda(tmp_path):
     cpu = RunConfig.from_args(parse(["--cell", "attn", "--out", str(tmp_path)]), torch.device("cpu"))
     cuda = RunConfig.from_args(parse(["--cell", "attn", "--out", str(tmp_path)]), torch.device("cuda"))
     assert cpu.freeze_encoder is True and cuda.freeze_encoder is False
-    assert (cpu.epochs, cuda.epochs) == (12, 30) and cpu.hidden_dim == cuda.hidden_dim == 256
+    assert (cpu.epochs, cuda.epochs) == (2, 30) and cpu.hidden_dim == cuda.hidden_dim == 256
+    assert cpu.minutes is None and cuda.minutes is None  # fixed epochs: the same numbers on every machine
     given = RunConfig.from_args(parse(["--cell", "attn", "--out", str(tmp_path), "--no-freeze-encoder"]),
                                 torch.device("cpu"))
     assert given.freeze_encoder is False
