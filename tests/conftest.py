@@ -32,6 +32,7 @@ CAPTIONING_BEYOND=strict) is given: CI gives it for this project's module.
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # The fast path's measured choices (helper.captioning.fast_path) of this session go to a folder of its own,
+    # not the user's ~/.cache; subprocesses of the tests inherit it.
+    if not os.environ.get("CAPTIONING_CACHE_DIR"):
+        os.environ["CAPTIONING_CACHE_DIR"] = tempfile.mkdtemp(prefix="captioning-cache-")
     config.addinivalue_line("markers", "part(key): the part of helper.kit.rubric that a graded test belongs to")
     config.addinivalue_line("markers", "beyond: checks what our module does beyond the contract (never graded)")
     config.addinivalue_line(

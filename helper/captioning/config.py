@@ -67,7 +67,8 @@ class RunConfig:
       "shapes" data defaults to "shapes", any other to "random"
     - pretrain_images: with encoder "shapes", the training images it is
       pretrained on (see helper.captioning.shapes_encoder.PretrainConfig)
-    - fast: mixed precision, channels_last and fused AdamW where they help
+    - fast: the fast path: mixed precision, channels_last and fused AdamW
+      where they measurably help (helper.captioning.fast_path)
     - sync_bn: synchronise batch-norm statistics across GPUs
     - train_images: train on the first N distinct images (None: all)
     What a session may change, e.g. to train longer:
@@ -264,7 +265,9 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
         help="the encoder's weights: random, pretrained on shapes (made once, cached next to the data) or "
         "ImageNet's (offline: cached file needed) (shapes for --data shapes, else random)",
     )
-    model.add_argument("--pretrained", dest="encoder", action="store_const", const="imagenet", help="--encoder imagenet")
+    model.add_argument(
+        "--pretrained", dest="encoder", action="store_const", const="imagenet", help="the same as --encoder imagenet"
+    )
     model.add_argument(
         "--pretrain-images", type=count, metavar="N",
         help=f"--encoder shapes: pretrain it on the first N training images ({default('pretrain_images')})",

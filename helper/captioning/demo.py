@@ -57,9 +57,8 @@ def run_demo(out: Path, cells: Sequence[str], data_name: str, train_options: Seq
     pretraining = None
     if config.encoder == "shapes":
         print("\n== the encoder, pretrained on the training images of shapes", flush=True)
-        pretraining = pretrained_shapes_encoder(
-            data, PretrainConfig(images=config.pretrain_images), device=pick_device(args.device), progress=config.progress
-        )
+        settings, device = PretrainConfig(images=config.pretrain_images), pick_device(args.device)
+        pretraining = pretrained_shapes_encoder(data, settings, device=device, progress=config.progress)
     results = {}
     for cell in cells:
         argv = ["--cell", cell, "--data", data_name, "--out", str(out / cell), "--force", *train_options]

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from helper.captioning.parts import model_parts, unwrap_model
-from helper.captioning.training import autocast
+from helper.captioning.steps import autocast
 
 
 @torch.no_grad()

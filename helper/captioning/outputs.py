@@ -24,7 +24,7 @@ from helper.captioning.plotting import plot_samples
 from helper.captioning.processes import Processes
 from helper.captioning.run_model import RunModel
 from helper.captioning.run_state import RunState
-from helper.captioning.training import autocast
+from helper.captioning.steps import autocast
 from helper.common.files import write_json
 from helper.data.format import references_by_image
 

@@ -60,6 +60,14 @@ class Processes:
         dist.broadcast(tensor, src=0)
         return bool(tensor.item())
 
+    def share(self, value):
+        """Rank 0's value (plain data: what pickle takes), in every process."""
+        if not self.distributed:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def mean(self, total: float, count: int) -> float:
         """The mean over all processes of values whose local sum and count are given (nan for none)."""
         if self.distributed:

@@ -246,7 +246,7 @@ class TrainingRun:
         losses, state.step = train_epoch(
             self.model.net, setup.optimizer, self.images, self.captions, config.batch_size, processes.device,
             order=epoch_order(len(self.captions), True, config.seed, state.epoch),
-            amp_dtype=setup.amp_dtype, scaler=setup.scaler, channels_last=config.fast,
+            amp_dtype=setup.amp_dtype, scaler=setup.scaler, channels_last=setup.path.channels_last,
             rank=processes.rank, world_size=processes.world_size, start_step=start_step,
             bar=bar, should_stop=lambda: processes.any(stop.requested),
         )
@@ -340,7 +340,7 @@ def _plan(run: TrainingRun) -> str:
         f"{len(unique_rows(run.data.val['image_ids'])[0])} validation images), {ENCODER_WORDS[config.encoder]}, "
         f"on {processes.device}"
         f"{f' x{processes.world_size} processes' if processes.distributed else ''}, "
-        f"{run.model.setup.amp_dtype or torch.float32}, epochs {run.state.epoch + 1}..{config.epochs}, "
+        f"{run.model.setup.path.describe()}, epochs {run.state.epoch + 1}..{config.epochs}, "
         f"{config.batch_size} images per step -> {run.out}"
     )
 

@@ -4,7 +4,7 @@ configuration, set up to train (helper.captioning.training.setup_training),
 with its frozen encoder's features when the decoder trains alone, and what
 its checkpoints hold of it.
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -12,6 +12,8 @@ from torch import nn
 
 from helper.captioning.checkpoint import new_model
 from helper.captioning.config import RunConfig
+from helper.captioning.fast_path import PLAIN, FastPath, autocast_dtype, choose_path, rule_path
+from helper.captioning.features import index_images
 from helper.captioning.frozen_encoder import FrozenEncoder
 from helper.captioning.parts import model_parts, unwrap_model
 from helper.captioning.processes import Processes
@@ -69,12 +71,14 @@ class RunModel:
             load_trunk(model_parts(model).encoder, trunk)
         if config.sync_bn and processes.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if config.freeze_encoder:
-            model_parts(model).encoder.requires_grad_(False)  # before the optimiser, which leaves it out
-        setup = setup_training(model, processes.device, config.learning_rate, config.lr_decay, config.fast)
         frozen = None
         if config.freeze_encoder:
-            frozen = FrozenEncoder.install(model, splits, config, processes, setup.amp_dtype)
+            model_parts(model).encoder.requires_grad_(False)  # before the optimiser, which leaves it out
+            # The features are computed in the precision the device has kernels for (part of their cache's key).
+            encoding = autocast_dtype(processes.device) if config.fast else None
+            frozen = FrozenEncoder.install(model.to(processes.device), splits, config, processes, encoding)
+        path = run_path(config, processes, checkpoint, model, splits[0], frozen)
+        setup = setup_training(model, processes.device, config.learning_rate, config.lr_decay, path)
         run_model = cls(setup, frozen, net=model)
         if checkpoint is not None:
             run_model.restore(checkpoint)
@@ -112,4 +116,28 @@ class RunModel:
             "optimizer": setup.optimizer.state_dict(),
             "scheduler": setup.scheduler.state_dict(),
             "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
+            "fast_path": asdict(setup.path),
         }
+
+
+def run_path(
+    config: RunConfig, processes: Processes, checkpoint: Optional[dict], model: nn.Module,
+    train: Dict[str, torch.Tensor], frozen: Optional[FrozenEncoder],
+) -> FastPath:
+    """
+    The fast path of a run (see helper.captioning.fast_path): PLAIN without
+    config.fast; a resumed run's recorded one; else this machine's for the
+    model as it will train, chosen by rank 0 (measured on a minibatch of the
+    training split the first time) and shared with the other ranks.
+    """
+    if not config.fast:
+        return PLAIN
+    if checkpoint is not None:  # a checkpoint from before paths were measured took every speed-up there was
+        recorded = checkpoint.get("fast_path")
+        return FastPath(**recorded) if recorded is not None else rule_path(processes.device)
+    chosen = None
+    if processes.is_main:
+        size = max(2, config.batch_size // processes.world_size)
+        images = index_images(frozen.rows[0][:size]) if frozen is not None else train["images"][:size]
+        chosen = asdict(choose_path(model, processes.device, images, train["captions"][:size]))
+    return FastPath(**processes.share(chosen))

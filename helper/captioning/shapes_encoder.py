@@ -222,7 +222,8 @@ def pretrain_trunk(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=steps, pct_start=0.2)
     order = torch.Generator().manual_seed(config.seed)
     history, start = [], time.perf_counter()
-    with reproducible(device, config.threads), tqdm(total=steps, desc="pretraining the encoder", disable=not progress) as bar:
+    bar = tqdm(total=steps, desc="pretraining the encoder", disable=not progress)
+    with reproducible(device, config.threads), bar:
         for _ in range(config.epochs):
             for batch in torch.randperm(len(images), generator=order).split(config.batch_size):
                 x = images[batch].to(device).contiguous(memory_format=torch.channels_last)
@@ -234,7 +235,8 @@ def pretrain_trunk(
                 (cell + mean).backward()
                 optimizer.step()
                 schedule.step()
-                history.append(((cell + mean).item(), cell_right.float().mean().item(), mean_right.float().mean().item()))
+                right = (cell_right.float().mean().item(), mean_right.float().mean().item())
+                history.append(((cell + mean).item(), *right))
                 bar.update()
                 bar.set_postfix(loss=f"{history[-1][0]:.3f}")
     encoder.to("cpu", memory_format=torch.contiguous_format).eval()
@@ -248,7 +250,7 @@ def pretrain_trunk(
 
 
 def _trunks(encoder: nn.Module) -> List[nn.Module]:
-    """The RegNet trunks inside an encoder: the modules with a stem and a trunk_output (the same ones, shared, count once)."""
+    """The RegNet trunks inside an encoder: its modules with a stem and a trunk_output (one, or two sharing weights)."""
     found = [m for _, m in encoder.named_modules() if hasattr(m, "stem") and hasattr(m, "trunk_output")]
     if not found:
         raise ValueError(f"{type(encoder).__name__} holds no RegNet trunk (a module with .stem and .trunk_output)")
@@ -296,7 +298,7 @@ def _read_cache(path: Path, data_digest: str) -> Optional[dict]:
     """The cached pretraining in path if it is complete, of this data and settings, and its weights check; else None."""
     try:
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(cached, dict) or cached.get("format") != FORMAT or cached.get("format_version") != FORMAT_VERSION:
+        if not isinstance(cached, dict) or (cached.get("format"), cached.get("format_version")) != (FORMAT, FORMAT_VERSION):
             raise ValueError("not a shapes-encoder file of this version")
         if cached.get("data_digest") != data_digest:
             raise ValueError("made from other settings or other training images")
@@ -322,7 +324,7 @@ def pretrained_shapes_encoder(
     - config: the pretraining's settings; None for PretrainConfig()
     - data_dir: the cache's folder; None for default_data_dir()
     - device: where to pretrain
-    - progress: show a progress bar and say what happens on stderr
+    - progress: show a progress bar (a line on stderr says when it pretrains, either way)
     - module: the captioning module whose ImageEncoder to train (None: rnn_lstm_captioning)
 
     Returns:
@@ -339,8 +341,9 @@ def pretrained_shapes_encoder(
             return {**cached, "path": str(path)}
     if module is None:
         import rnn_lstm_captioning as module
-    if progress:
-        print(f"Pretraining the encoder on {len(images)} training images of shapes (once; cached in {path})", file=sys.stderr)
+    # Said even without a progress bar: it takes minutes, once.
+    print(f"Pretraining the encoder on {len(images)} training images of shapes (once; cached in {path})",
+          file=sys.stderr)
     reset_seed(config.seed)
     encoder = module.ImageEncoder(pretrained=False, verbose=False)
     report = pretrain_trunk(encoder, images, labels, config, device, progress)
@@ -350,7 +353,6 @@ def pretrained_shapes_encoder(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         torch.save(record, tmp)
-    if progress:
-        print(f"Pretrained in {report['seconds']:.0f} s: {report['cells_right']:.1%} of cells right "
-              f"({report['cells_right_from_mean']:.1%} from the mean)", file=sys.stderr)
+    print(f"Pretrained in {report['seconds']:.0f} s: {report['cells_right']:.1%} of cells right "
+          f"({report['cells_right_from_mean']:.1%} from the mean)", file=sys.stderr)
     return {**record, "path": str(path)}

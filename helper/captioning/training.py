@@ -3,28 +3,28 @@ The training loop of the captioning models.
 
 `train_captioner` is the loop of the assignment (AdamW, a learning rate that
 decays once per epoch, one loss value per minibatch), made fast for the
-hardware at hand:
-- on CPU, channels_last memory format and bfloat16 autocast (together about
-  2x faster end to end on CPUs with bf16 instructions; see the README's
-  benchmark), and the fused AdamW update;
+hardware at hand (`fast=True`, the default):
+- on a CPU, the speed-ups among bfloat16 autocast, channels_last memory
+  format and the fused AdamW update that measurably pay on this machine for
+  this model, timed once and cached (helper/captioning/fast_path.py; the
+  README's benchmark has the figures);
 - on CUDA, automatic mixed precision, channels_last, cuDNN autotuning, the
   fused AdamW update and the whole data set held on the device.
-Autocast lives here, in the loop; the model itself always computes in the
-dtype of its parameters. `fast=False` gives the plain float32 loop. Either
-loop runs under helper.common.utils.reproducible (deterministic kernels, a
-fixed number of threads): one seed gives the same run, busy CPU or idle.
+`fast=False` gives the plain float32 loop. Either loop runs under
+helper.common.utils.reproducible (deterministic kernels, a fixed number of
+threads): one seed gives the same run, busy CPU or idle.
 
 The pieces are shared with the command-line trainer (helper/captioning/run.py):
 - `setup_training` puts a model on its device with its optimiser, schedule
   and precision;
-- `train_epoch` runs one epoch of minibatches; under DistributedDataParallel
-  each process takes its share of every global minibatch;
+- `train_epoch` runs one epoch of minibatches (helper/captioning/steps.py
+  has the step); under DistributedDataParallel each process takes its share
+  of every global minibatch;
 - `epoch_order` gives an epoch's visiting order from (seed, epoch) alone, so
   that all processes, and a resumed run, draw the same order.
 Training the decoder alone from cached encoder features is in
 helper/captioning/features.py.
 """
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -33,73 +33,43 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from helper.captioning.fast_path import PLAIN, FastPath, choose_path
+from helper.captioning.steps import make_optimizer, train_step
 from helper.common.utils import reproducible
 
 
-def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+def mixed_precision(device: torch.device, path: FastPath) -> Tuple[Optional[torch.dtype], Optional["torch.amp.GradScaler"]]:
     """
     Inputs:
     - device: where training runs
-
-    Returns:
-    - the low-precision dtype worth using on that device, or None when
-      mixed precision would not help there
-    """
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    """
-    A context in which the forward pass runs in mixed precision.
-
-    Inputs:
-    - device: where the computation runs
-    - dtype: the low-precision dtype, or None for full precision
-
-    Returns:
-    - a context manager
-    """
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def mixed_precision(device: torch.device, fast: bool) -> Tuple[Optional[torch.dtype], Optional["torch.amp.GradScaler"]]:
-    """
-    Inputs:
-    - device: where training runs
-    - fast: use mixed precision where the hardware gains from it
+    - path: the fast path (see helper.captioning.fast_path)
 
     Returns a tuple of:
     - amp_dtype: the autocast dtype, or None for float32
     - scaler: a GradScaler when the dtype is float16 (whose small range needs
       loss scaling), else None
     """
-    amp_dtype = autocast_dtype(device) if fast else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    amp_dtype = path.amp_dtype
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     return amp_dtype, scaler
 
 
-def prepare_model(model: nn.Module, device: torch.device, fast: bool) -> nn.Module:
+def prepare_model(model: nn.Module, device: torch.device, path: FastPath) -> nn.Module:
     """
-    Move the model to the device and, when fast, into channels_last format
-    (convolutions over NHWC data are what oneDNN and cuDNN run fastest).
+    Move the model to the device and, on the fast path, into channels_last
+    format (convolutions over NHWC data are what oneDNN and cuDNN run
+    fastest where they do).
 
     Inputs:
     - model: the captioning model
     - device: where training runs
-    - fast: use the fast memory format and cuDNN autotuning
+    - path: the fast path (see helper.captioning.fast_path)
 
     Returns:
     - the model (changed in place)
     """
     model.to(device)
-    if fast:
+    if path.channels_last:
         model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -144,50 +114,6 @@ def shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     - int64 (B_rank,)
     """
     return batch.tensor_split(world_size)[rank]
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    captions: torch.Tensor,
-    amp_dtype: Optional[torch.dtype] = None,
-    scaler: Optional["torch.amp.GradScaler"] = None,
-    loss_scale: float = 1.0,
-) -> float:
-    """
-    One optimisation step on one minibatch.
-
-    Inputs:
-    - model: the captioning model, on the device of the data
-    - optimizer: its optimizer
-    - images: (B, 3, H, W) uint8 or float
-    - captions: (B, T + 1) int64
-    - amp_dtype: low-precision dtype for autocast, or None
-    - scaler: gradient scaler for float16 autocast, or None
-    - loss_scale: factor applied to the loss before backpropagation (to
-      weight the processes of a distributed run by their share of the batch)
-
-    Returns:
-    - the loss of the minibatch (unscaled), a Python float
-    """
-    if images.shape[0] == 1:
-        # The contract covers batches of two or more (a correct solution may
-        # squeeze a batch of one away). The loss averages over the batch, so
-        # the image twice gives the same loss and gradient.
-        images, captions = images.repeat(2, 1, 1, 1), captions.repeat(2, 1)
-    with autocast(images.device, amp_dtype):
-        loss = model(images, captions)
-    optimizer.zero_grad(set_to_none=True)
-    scaled = loss * loss_scale if loss_scale != 1.0 else loss
-    if scaler is not None:
-        scaler.scale(scaled).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        scaled.backward()
-        optimizer.step()
-    return loss.item()
 
 
 def train_epoch(
@@ -262,35 +188,14 @@ def train_epoch(
     return losses, len(batches)
 
 
-def make_optimizer(model: nn.Module, learning_rate: float, lr_decay: float = 1.0, fused: bool = False):
-    """
-    AdamW over the trainable parameters, with the learning rate multiplied by
-    lr_decay after every epoch.
-
-    Inputs:
-    - model: the model
-    - learning_rate: initial learning rate
-    - lr_decay: per-epoch decay factor
-    - fused: update all parameters in one fused kernel (the same algorithm;
-      a few per cent faster per step than the default multi-tensor update)
-
-    Returns a tuple of:
-    - optimizer: torch.optim.AdamW
-    - scheduler: torch.optim.lr_scheduler.LambdaLR, stepped once per epoch
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, fused=fused or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_decay**epoch)
-    return optimizer, scheduler
-
-
 @dataclass
 class TrainingSetup:
     """
     A model ready to train and what its steps need:
-    - model: on its device (channels_last when fast)
+    - model: on its device (channels_last when the path says so)
     - optimizer, scheduler: from make_optimizer
     - amp_dtype, scaler: from mixed_precision
+    - path: the fast path it takes (see helper.captioning.fast_path)
     """
 
     model: nn.Module
@@ -298,10 +203,11 @@ class TrainingSetup:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     amp_dtype: Optional[torch.dtype]
     scaler: Optional["torch.amp.GradScaler"]
+    path: FastPath = PLAIN
 
 
 def setup_training(
-    model: nn.Module, device: torch.device, learning_rate: float, lr_decay: float, fast: bool
+    model: nn.Module, device: torch.device, learning_rate: float, lr_decay: float, path: FastPath
 ) -> TrainingSetup:
     """
     Put a model on its device and give it its optimiser, schedule and
@@ -312,16 +218,16 @@ def setup_training(
       have requires_grad False (the optimiser leaves them out)
     - device: where training runs
     - learning_rate, lr_decay: of make_optimizer
-    - fast: channels_last, cuDNN autotuning, the fused AdamW update and
-      mixed precision where the hardware gains from them
+    - path: the fast path to take (helper.captioning.fast_path.choose_path;
+      PLAIN for the plain float32 loop)
 
     Returns:
     - the TrainingSetup (the model is changed in place)
     """
-    prepare_model(model, device, fast)
-    optimizer, scheduler = make_optimizer(model, learning_rate, lr_decay, fused=fast)
-    amp_dtype, scaler = mixed_precision(device, fast)
-    return TrainingSetup(model, optimizer, scheduler, amp_dtype, scaler)
+    prepare_model(model, device, path)
+    optimizer, scheduler = make_optimizer(model, learning_rate, lr_decay, fused=path.fused)
+    amp_dtype, scaler = mixed_precision(device, path)
+    return TrainingSetup(model, optimizer, scheduler, amp_dtype, scaler, path)
 
 
 def train_captioner(
@@ -351,8 +257,9 @@ def train_captioner(
     - learning_rate: initial learning rate
     - lr_decay: learning-rate factor applied after every epoch
     - device: torch device name, e.g. "cpu" or "cuda"
-    - fast: mixed precision, channels_last and data on the device where the
-      hardware gains from them; False is the plain float32 loop
+    - fast: the fast path of this machine (mixed precision, channels_last,
+      fused AdamW where they measurably gain: helper.captioning.fast_path)
+      and the data on the device on CUDA; False is the plain float32 loop
     - shuffle: visit the examples in a new random order every epoch
     - progress: show a progress bar (images, images/s, time left, loss)
     - epoch_callback: called as epoch_callback(epoch, model) after every epoch
@@ -370,22 +277,22 @@ def train_captioner(
             f"got {image_data.shape[0]} images and {caption_data.shape[0]} captions"
         )
     device = torch.device(device)
-    setup = setup_training(model, device, learning_rate, lr_decay, fast)
-    model.train()
-    if fast and device.type == "cuda":
-        # Copying the data once beats copying every minibatch.
-        image_data, caption_data = image_data.to(device), caption_data.to(device)
-
     num_train = image_data.shape[0]
     loss_history = []
     bar = tqdm(total=num_epochs * num_train, unit="img", unit_scale=True, disable=not progress, desc="training")
     with reproducible(device, threads), bar:
+        model.train()
+        sample = (image_data[:batch_size], caption_data[:batch_size])  # to measure the fast path with
+        setup = setup_training(model, device, learning_rate, lr_decay, choose_path(model, device, *sample) if fast else PLAIN)
+        if fast and device.type == "cuda":
+            # Copying the data once beats copying every minibatch.
+            image_data, caption_data = image_data.to(device), caption_data.to(device)
         for epoch in range(num_epochs):
             bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
             order = epoch_order(num_train, shuffle)
             losses, _ = train_epoch(
                 model, setup.optimizer, image_data, caption_data, batch_size, device,
-                order=order, amp_dtype=setup.amp_dtype, scaler=setup.scaler, channels_last=fast, bar=bar,
+                order=order, amp_dtype=setup.amp_dtype, scaler=setup.scaler, channels_last=setup.path.channels_last, bar=bar,
             )
             loss_history.extend(losses)
             setup.scheduler.step()

@@ -4,7 +4,7 @@ import platform
 
 import torch
 
-from helper.captioning.training import autocast_dtype
+from helper.captioning.steps import autocast_dtype
 
 
 def cpu_instructions() -> str:
@@ -36,10 +36,9 @@ def machine_description() -> str:
             cpu = names[0]
     except OSError:
         pass
-    precision = autocast_dtype(torch.device("cpu"))
-    ours = f"{str(precision).removeprefix('torch.')} autocast" if precision is not None else "no bfloat16 kernels: float32"
+    kernels = "bfloat16 kernels" if autocast_dtype(torch.device("cpu")) is not None else "no bfloat16 kernels"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu} ({cpu_instructions()}{kernel_limits()}; ours on CPU: {ours}), {torch.get_num_threads()} threads, "
+    return (f"{cpu} ({cpu_instructions()}{kernel_limits()}; {kernels}), {torch.get_num_threads()} threads, "
             f"{device}, torch {torch.__version__}")
 
 

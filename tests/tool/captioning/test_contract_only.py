@@ -12,7 +12,7 @@ import torch
 
 from _float32 import TINY32, attention_rtol
 from helper.captioning.decoding import beam_search, generate_captions, sequence_log_prob
-from helper.captioning.training import make_optimizer, train_step
+from helper.captioning.steps import make_optimizer, train_step
 from helper.common.utils import import_file
 
 TYPICAL = Path(__file__).resolve().parents[2] / "solutions" / "typical" / "rnn_lstm_captioning.py"

@@ -172,7 +172,8 @@ def test_a_run_on_shapes_trains_from_the_cached_pretrained_encoder(shapes, tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train(["--cell", "lstm", "--data", "shapes", "--out", str(out), "--epochs", "1", "--hidden-dim", "16",
-               "--wordvec-dim", "8", "--no-progress", "--no-fast", "--threads", "1", "--pretrain-images", "24"], data=data)
+               "--wordvec-dim", "8", "--no-progress", "--no-fast", "--threads", "1", "--pretrain-images", "24"],
+              data=data)
     (cache,) = tmp_path.glob("shapes-encoder-v1-*.pt")
     trunk = torch.load(cache, weights_only=True)["trunk"]
     weights = load_checkpoint(out / "last.pt")["model"]

@@ -135,8 +135,12 @@ def test_the_colab_branch_runs_from_first_cell_to_last(tmp_path):
         run = drive / "runs" / "notebook" / cell_type
         assert {"best.pt", "last.pt", "metrics.json", "samples.png"} <= {p.name for p in run.iterdir()}
         metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["epochs_done"] == 2 and metrics["config"]["pretrained"] is True
+        assert metrics["epochs_done"] == 2 and metrics["config"]["encoder"] == "imagenet"
         assert metrics["config"]["freeze_encoder"] is False and metrics["config"]["data"] == "coco"
+    # Section 7 on Colab: the same attention LSTM on a random encoder and on ImageNet's, both frozen.
+    for encoder in ("random", "imagenet"):
+        config = json.loads((drive / "runs" / "notebook" / f"transfer-{encoder}" / "metrics.json").read_text())["config"]
+        assert config["encoder"] == encoder and config["freeze_encoder"] is True and config["cell"] == "attn"
     evaluation = cell_text(code_cell(executed, "for cell_type, model in trained.items()"))
     for cell_type in ("rnn ", "lstm", "attn"):
         for beam in (1, 3):
