@@ -31,6 +31,7 @@ CAPTIONING_BEYOND=strict) is given: CI gives it for this project's module.
 """
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +52,12 @@ from helper.kit import rubric  # noqa: E402
 _STATE = {"tests": {}, "beyond": {}}
 GRADING_DIR = Path(__file__).resolve().parent / "grading"
 BEYOND_DIR = Path(__file__).resolve().parent / "beyond"
+
+
+def pytest_unconfigure(config):
+    if "cache_dir" in _STATE:  # the session's own cache folder: gone with the session
+        shutil.rmtree(_STATE.pop("cache_dir"), ignore_errors=True)
+        del os.environ["CAPTIONING_CACHE_DIR"]
 
 
 def pytest_addoption(parser):
@@ -83,7 +90,7 @@ def pytest_configure(config):
     # The fast path's measured choices (helper.captioning.fast_path) of this session go to a folder of its own,
     # not the user's ~/.cache; subprocesses of the tests inherit it.
     if not os.environ.get("CAPTIONING_CACHE_DIR"):
-        os.environ["CAPTIONING_CACHE_DIR"] = tempfile.mkdtemp(prefix="captioning-cache-")
+        _STATE["cache_dir"] = os.environ["CAPTIONING_CACHE_DIR"] = tempfile.mkdtemp(prefix="captioning-cache-")
     config.addinivalue_line("markers", "part(key): the part of helper.kit.rubric that a graded test belongs to")
     config.addinivalue_line("markers", "beyond: checks what our module does beyond the contract (never graded)")
     config.addinivalue_line(
