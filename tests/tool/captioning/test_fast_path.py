@@ -85,6 +85,7 @@ def test_on_cuda_the_path_is_the_rule_unmeasured(monkeypatch):
     assert path == fp.FastPath("float16", channels_last=True, fused=True)
 
 
+@pytest.mark.slow  # three training runs
 def test_a_run_records_its_path_and_a_resumed_run_keeps_it(impl, cache, tmp_path, monkeypatch):
     data = write_tiny_data(tmp_path / "tiny.pt", num_train=8)
     out = tmp_path / "run"

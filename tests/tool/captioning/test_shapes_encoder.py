@@ -165,6 +165,7 @@ def test_train_starts_from_the_shapes_encoder_on_shapes_by_default():
     assert RunConfig.resumed(old, argparse.Namespace(out="x")).encoder == "imagenet"  # a run from before --encoder
 
 
+@pytest.mark.slow  # a training run
 def test_a_run_on_shapes_trains_from_the_cached_pretrained_encoder(shapes, tmp_path, monkeypatch, impl):
     data, folder = shapes
     monkeypatch.setenv("CAPTIONING_DATA_DIR", str(tmp_path))
