@@ -466,19 +466,16 @@ class LSTM(nn.Module):
         # BEGIN SOLUTION
         # HINT: TODO: the LSTM over the whole sequence.
         # HINT: 1. Start from h0 and a cell state of zeros of the same shape (torch.zeros_like).
-        # HINT: 2. At every step t, run one step on x[:, t] (as in step_forward) and keep the new hidden state.
+        # HINT: 2. At every step t, run self.step_forward on x[:, t] and keep the new hidden state.
         # HINT: 3. hn: the hidden states stacked along dim 1, (N, T, H).
-        # HINT:    (The x part of the pre-activations of all steps can also be one product before the loop.)
-        # The input part of the pre-activations does not depend on the
-        # recurrence: one matrix product covers all T steps.
-        x_proj = x @ self.Wx + self.b  # (N, T, 4H)
         prev_h, prev_c = h0, torch.zeros_like(h0)
         hs = []
-        # unbind splits once; indexing x_proj[:, t] at every step would make
-        # the backward pass build a full-size zero gradient T times.
-        for x_proj_t in x_proj.unbind(dim=1):
-            a = x_proj_t + prev_h @ self.Wh
-            prev_h, prev_c = lstm_cell(a, prev_c)
+        # unbind splits x once; indexing x[:, t] at every step would make the
+        # backward pass build a full-size zero gradient of x T times. (One
+        # product x @ Wx for all steps before the loop is no faster on a CPU:
+        # for large N and H its (N, T, 4H) result no longer fits in the cache.)
+        for x_t in x.unbind(dim=1):
+            prev_h, prev_c = self.step_forward(x_t, prev_h, prev_c)
             hs.append(prev_h)
         hn = torch.stack(hs, dim=1)
         # END SOLUTION
@@ -580,13 +577,11 @@ class AttentionLSTM(nn.Module):
         # HINT: 2. At every step t: the attention of the previous hidden state, dot_product_attention(prev_h, A),
         # HINT:    then one step (self.step_forward) on x[:, t] with that attn; keep the new hidden state.
         # HINT: 3. hn: the hidden states stacked along dim 1, (N, T, H).
-        x_proj = x @ self.Wx + self.b  # (N, T, 4H), all steps at once
         prev_h = prev_c = A.mean(dim=(2, 3))
         hs = []
-        for x_proj_t in x_proj.unbind(dim=1):
+        for x_t in x.unbind(dim=1):
             attn, _ = dot_product_attention(prev_h, A)
-            a = x_proj_t + prev_h @ self.Wh + attn @ self.Wattn
-            prev_h, prev_c = lstm_cell(a, prev_c)
+            prev_h, prev_c = self.step_forward(x_t, prev_h, prev_c, attn)
             hs.append(prev_h)
         hn = torch.stack(hs, dim=1)
         # END SOLUTION

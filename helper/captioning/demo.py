@@ -24,8 +24,8 @@ from helper.captioning.checkpoint import load_checkpoint, loss_history
 from helper.captioning.config import RunConfig
 from helper.captioning.config import build_parser as build_train_parser
 from helper.captioning.plotting import plot_loss_curves
-from helper.captioning.run import train
-from helper.captioning.shapes_encoder import PretrainConfig, pretrained_shapes_encoder
+from helper.captioning.processes import Processes
+from helper.captioning.run import pretrained_for_run, train
 from helper.common.cli import run_command
 from helper.common.files import atomic_output
 from helper.common.utils import pick_device
@@ -57,8 +57,7 @@ def run_demo(out: Path, cells: Sequence[str], data_name: str, train_options: Seq
     pretraining = None
     if config.encoder == "shapes":
         print("\n== the encoder, pretrained on the training images of shapes", flush=True)
-        settings, device = PretrainConfig(images=config.pretrain_images), pick_device(args.device)
-        pretraining = pretrained_shapes_encoder(data, settings, device=device, progress=config.progress)
+        pretraining = pretrained_for_run(data, config, Processes(device=pick_device(args.device)))
     results = {}
     for cell in cells:
         argv = ["--cell", cell, "--data", data_name, "--out", str(out / cell), "--force", *train_options]

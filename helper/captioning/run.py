@@ -171,7 +171,8 @@ def start_run(
     if checkpoint is not None and checkpoint["vocab"]["idx_to_token"] != data["vocab"]["idx_to_token"]:
         raise ValueError(f"the data {config.data} has another vocabulary than the run in {out}")
     run_data = RunData.select(data, config)
-    trunk = shapes_trunk(data, config, processes) if config.encoder == "shapes" and checkpoint is None else None
+    pretrained = config.encoder == "shapes" and checkpoint is None
+    trunk = pretrained_for_run(data, config, processes)["trunk"] if pretrained else None
     model = RunModel.create(config, run_data.vocab, processes, checkpoint, [run_data.train, run_data.val], trunk)
     state = RunState.from_checkpoint(checkpoint) if checkpoint is not None else RunState()
     if checkpoint is not None:
@@ -188,11 +189,15 @@ def start_run(
     return TrainingRun(config, out, processes, run_data, model, state, report, started)
 
 
-def shapes_trunk(data: dict, config: RunConfig, processes: Processes) -> Dict[str, torch.Tensor]:
+def pretrained_for_run(data: dict, config: RunConfig, processes: Processes = Processes()) -> dict:
     """
-    The encoder pretrained on the data's training images (see
-    helper.captioning.shapes_encoder): rank 0 pretrains it or reads it from
-    the cache, the other ranks read what it cached.
+    The encoder pretrained on the data's training images for this run's
+    settings (see helper.captioning.shapes_encoder): rank 0 pretrains it or
+    reads it from the cache, the other ranks read what it cached.
+
+    Returns:
+    - the record of pretrained_shapes_encoder: "trunk" (the weights),
+      "report", "config", "path"
     """
     if not processes.is_main:
         processes.barrier()  # until rank 0 has cached it
@@ -202,7 +207,7 @@ def shapes_trunk(data: dict, config: RunConfig, processes: Processes) -> Dict[st
     )
     if processes.is_main:
         processes.barrier()
-    return pretrained["trunk"]
+    return pretrained
 
 
 @dataclass
