@@ -92,6 +92,7 @@ def test_pretraining_never_sees_a_validation_image(shapes, tmp_path, impl):
     assert not flat(seen) & flat(data["val_images"])
 
 
+@pytest.mark.slow  # pretrains three times
 def test_the_cache_is_used_when_it_checks_and_replaced_when_not(shapes, tmp_path, monkeypatch, impl):
     data, _ = shapes
     first = trunk_of(data, TINY, tmp_path, progress=False, module=impl)

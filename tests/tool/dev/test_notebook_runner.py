@@ -13,6 +13,7 @@ def write_notebook(path, *sources):
     nbformat.write(notebook, str(path))
 
 
+@pytest.mark.slow  # runs a notebook in a kernel
 def test_outputs_are_stored_and_skipped_cells_stay_empty(tmp_path):
     path = tmp_path / "nb.ipynb"
     write_notebook(path, "x = 6 * 7\nprint(x)", "# NBVAL_SKIP\nprint('slow')", "print(x + 1)")

@@ -97,6 +97,7 @@ def test_calls_run_in_the_worker_and_errors_come_back_as_data(worker):
         module.missing
 
 
+@pytest.mark.slow  # waits out a hanging call's time limit, then starts a new worker
 def test_a_call_that_crashes_or_hangs_stops_the_worker_and_the_next_call_gets_a_new_one(worker):
     module = worker.module()
     box = module.Box()

@@ -131,6 +131,7 @@ def test_the_kit_has_what_students_need_and_no_data(kit):
     assert "helper.selfcheck" in makefile and "helper.submit" in makefile and "tests" not in makefile
 
 
+@pytest.mark.slow  # imports each module of the kit in a process of its own
 def test_the_kit_imports_with_every_helper_module(kit):
     modules = sorted(".".join(Path(n).with_suffix("").parts) for n in kit_texts(kit)
                      if n.startswith("helper/") and n.endswith(".py"))

@@ -140,6 +140,7 @@ def test_the_csv_is_ranked_and_has_the_documented_columns(batch, tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["similarity.csv", "similarity.html"]  # no temporary left
 
 
+@pytest.mark.slow  # runs the report again in another process
 def test_the_same_input_gives_the_same_csv_in_another_process(batch, tmp_path):
     # copydetect hashes with Python's str hash, salted per process: the CSV must not depend on it.
     similarity.similarity_report(batch, KIT, tmp_path / "first")

@@ -78,6 +78,7 @@ def test_warnings_for_a_syntax_error_and_a_notebook_never_run(tmp_path, capsys):
     assert f"warning: {NOTEBOOK} has no outputs" in out
 
 
+@pytest.mark.slow  # runs the hand-in command in a process of its own
 def test_the_command(tmp_path):
     folder = _folder(tmp_path, weights=False)
     command = [sys.executable, "-m", "helper.submit", "--folder", str(folder)]
