@@ -154,10 +154,8 @@ MUTANTS: List[Mutant] = [
     M(
         "LSTM.forward: cell state not carried",
         "test_lstm",
-        "prev_h, prev_c = lstm_cell(a, prev_c)",
-        "prev_h, _ = lstm_cell(a, prev_c)",
-        count=2,
-        which=0,
+        "prev_h, prev_c = self.step_forward(x_t, prev_h, prev_c)\n",
+        "prev_h, _ = self.step_forward(x_t, prev_h, prev_c)\n",
     ),
     Mutant(
         "LSTM.forward: cell state kept from the previous call (not reset)",
@@ -168,10 +166,8 @@ MUTANTS: List[Mutant] = [
                 "prev_h, prev_c = h0, getattr(self, 'kept_c', torch.zeros_like(h0))",
             ),
             Edit(
-                "prev_h, prev_c = lstm_cell(a, prev_c)",
-                "prev_h, prev_c = lstm_cell(a, prev_c)\n            self.kept_c = prev_c",
-                2,
-                0,
+                "prev_h, prev_c = self.step_forward(x_t, prev_h, prev_c)\n",
+                "prev_h, prev_c = self.step_forward(x_t, prev_h, prev_c)\n            self.kept_c = prev_c\n",
             ),
         ],
     ),
@@ -218,10 +214,8 @@ MUTANTS: List[Mutant] = [
     M(
         "AttentionLSTM.forward: cell state not carried",
         "test_attention",
-        "prev_h, prev_c = lstm_cell(a, prev_c)",
-        "prev_h, _ = lstm_cell(a, prev_c)",
-        count=2,
-        which=1,
+        "prev_h, prev_c = self.step_forward(x_t, prev_h, prev_c, attn)",
+        "prev_h, _ = self.step_forward(x_t, prev_h, prev_c, attn)",
     ),
     M(
         "AttentionLSTM: Wattn initialised to zeros",
