@@ -189,7 +189,7 @@ def start_run(
     return TrainingRun(config, out, processes, run_data, model, state, report, started)
 
 
-def pretrained_for_run(data: dict, config: RunConfig, processes: Processes = Processes()) -> dict:
+def pretrained_for_run(data: dict, config: RunConfig, processes: Processes) -> dict:
     """
     The encoder pretrained on the data's training images for this run's
     settings (see helper.captioning.shapes_encoder): rank 0 pretrains it or
